@@ -1,0 +1,118 @@
+"""The one place where xthread touches private names of ``threading``.
+
+``xthread.Thread`` lives beside ``threading``: its threads are listed in
+``threading._active`` so that ``current_thread()``, ``enumerate()``,
+logging's ``threadName`` and ``threading.local`` see them, and it answers
+the calls that ``threading`` makes on the objects it lists (after a fork,
+at exit). Those names are private and change between versions; each one
+used is below, with why, keyed by version. A change in a future CPython
+breaks this file and no other.
+
+Read and written:
+
+* ``_active`` (dict ident -> thread), ``_limbo`` (dict thread -> thread),
+  ``_active_limbo_lock``: registration while a thread runs, as
+  ``Thread._bootstrap_inner`` does. ``_active_limbo_lock`` is rebound by
+  ``threading._after_fork``, so it is looked up on every use.
+* ``_newname``: default names from stdlib's own counter, so that
+  ``Thread-N`` numbers never collide with stdlib threads. 3.9 takes no
+  template argument and adds no ``(target)`` suffix; 3.10+ do.
+* ``_trace_hook`` / ``_profile_hook`` on 3.9 (3.10 added the public
+  ``gettrace``/``getprofile``).
+* ``_register_atexit`` and ``_SHUTTING_DOWN``: joining non-daemon threads
+  at the point stdlib joins its own (``threading._shutdown`` runs these
+  callbacks before it joins, 3.9+), and refusing to start a thread once
+  shutdown has begun on 3.12+, as stdlib does.
+
+Answered (methods that ``threading`` calls on the objects in ``_active``):
+
+* 3.9-3.12 ``_after_fork``: ``_reset_internal_locks(is_alive)``, ``_stop()``
+  and an assignment to ``_ident``.
+* 3.13 ``_after_fork``: ``_after_fork(new_ident=None)``.
+* When a fork happens inside an xthread, that object becomes
+  ``threading._main_thread`` in the child, and ``threading._shutdown`` at
+  the child's exit reads ``_is_stopped`` / ``_tstate_lock`` / ``_stop()``
+  (3.9-3.12) or ``_handle.is_done()`` / ``_handle._set_done()`` (3.13).
+  ``become_main_thread`` gives the object exactly those, only then.
+"""
+import sys
+import threading
+
+import _xthread
+
+PY310 = sys.version_info >= (3, 10)
+PY312 = sys.version_info >= (3, 12)
+PY313 = sys.version_info >= (3, 13)
+
+active = threading._active
+limbo = threading._limbo
+
+
+def active_limbo_lock():
+    """stdlib's registry lock; rebound after every fork, so never cached."""
+    return threading._active_limbo_lock
+
+
+if PY310:
+    def newname(target):
+        name = threading._newname("Thread-%d")
+        if target is not None:
+            try:
+                name += f" ({target.__name__})"
+            except AttributeError:
+                pass
+        return name
+
+    gettrace = threading.gettrace
+    getprofile = threading.getprofile
+else:
+    def newname(target):
+        return threading._newname()
+
+    def gettrace():
+        return threading._trace_hook
+
+    def getprofile():
+        return threading._profile_hook
+
+
+register_atexit = threading._register_atexit
+
+
+def shutting_down():
+    """True once interpreter exit has begun joining threads."""
+    return threading._SHUTTING_DOWN
+
+
+# 3.12 made starting a thread during shutdown an error; xthread follows the
+# running version.
+REFUSE_START_AT_SHUTDOWN = PY312
+
+
+class _DoneHandle:
+    """What 3.13's ``threading._shutdown`` asks of ``_main_thread._handle``."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self):
+        self._done = False
+
+    def is_done(self):
+        return self._done
+
+    def _set_done(self):
+        self._done = True
+
+
+def become_main_thread(thread):
+    """Gives ``thread`` what ``threading._shutdown`` reads of
+    ``threading._main_thread``: called in a forked child whose forking
+    thread was ``thread``. Only then: a user subclass may use these names
+    for its own purposes, and on every other object they stay unset."""
+    if PY313:
+        thread._handle = _DoneHandle()
+    else:
+        lock = _xthread.allocate_lock()
+        lock.acquire()
+        thread._tstate_lock = lock
+        thread._is_stopped = False

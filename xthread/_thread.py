@@ -1,0 +1,354 @@
+"""``xthread.Thread``: ``threading.Thread``'s life cycle on ``_xthread``.
+
+The life cycle is stdlib's (``start`` -> ``_bootstrap`` ->
+``_bootstrap_inner`` -> ``run``, then ``_delete``; ``join`` waits on a
+sentinel lock released once the thread state is gone), with the start
+handshake and the join wait done in C:
+
+* ``start`` calls ``_xthread._start_joinable_thread``, which returns once the
+  OS thread has its thread state, with the thread's ident, native id and a
+  held sentinel lock. No Python ``Event`` round trip: the new thread need
+  not run any Python before ``start`` returns.
+* ``join`` acquires the sentinel, which the C bootstrap releases after
+  ``PyThreadState_DeleteCurrent``.
+
+Attribute names are prefixed ``_xthread_`` so that they never collide with
+the private names of ``threading.Thread`` on any version (3.13 added
+``_handle``), which subclasses written for stdlib may use themselves.
+"""
+import os as _os
+import sys as _sys
+
+import threading as _threading
+
+import _xthread
+
+from . import _compat
+
+__all__ = ["Thread"]
+
+_start_joinable_thread = _xthread._start_joinable_thread
+_get_ident = _xthread.get_ident
+_active = _compat.active
+_limbo = _compat.limbo
+_active_limbo_lock = _compat.active_limbo_lock
+_ExceptHookArgs = _threading.ExceptHookArgs
+
+
+# Sentinels of started non-daemon threads, acquired at interpreter exit.
+# Finished ones are pruned when the set has doubled since the last prune,
+# so that a long-running process that never joins its threads does not
+# grow it without bound.
+_shutdown_sentinels = set()
+_shutdown_prune_at = 64
+_shutdown_lock = _xthread.allocate_lock()
+
+
+def _track_for_shutdown(sentinel):
+    global _shutdown_prune_at
+    with _shutdown_lock:
+        _shutdown_sentinels.add(sentinel)
+        if len(_shutdown_sentinels) >= _shutdown_prune_at:
+            done = [s for s in _shutdown_sentinels if not s.locked()]
+            _shutdown_sentinels.difference_update(done)
+            _shutdown_prune_at = 2 * len(_shutdown_sentinels) + 64
+
+
+def _join_non_daemon_threads():
+    """Run by ``threading._shutdown`` before it joins stdlib's threads."""
+    while True:
+        with _shutdown_lock:
+            pending = [s for s in _shutdown_sentinels if s.locked()]
+            _shutdown_sentinels.clear()
+        if not pending:
+            return
+        for sentinel in pending:
+            # Interruptible in the main thread: Ctrl-C stops the wait.
+            sentinel.acquire()
+            sentinel.release()
+
+
+def _after_fork_in_child():
+    # The threads whose sentinels are listed do not exist in the child;
+    # the forking thread is the child's main thread, which exit does not
+    # wait for. The lock may have been held by a vanished thread.
+    global _shutdown_lock
+    _shutdown_lock = _xthread.allocate_lock()
+    _shutdown_sentinels.clear()
+
+
+_compat.register_atexit(_join_non_daemon_threads)
+_os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# Thread states: a started thread runs until its sentinel is released.
+_NEW, _STARTING, _STARTED, _STOPPED = range(4)
+
+
+class Thread(_threading.Thread):
+    """A thread of control, as ``threading.Thread``, on ``_xthread``.
+
+    Use it where ``threading.Thread`` stood: pass ``target=`` or subclass
+    and override ``run()``. Inside the thread ``threading.current_thread()``
+    returns this object. It is a subclass of ``threading.Thread`` for
+    ``isinstance`` checks, but keeps none of stdlib's private state.
+    """
+
+    __slots__ = (
+        "_xthread_target", "_xthread_args", "_xthread_kwargs",
+        "_xthread_name", "_xthread_daemonic", "_xthread_ident",
+        "_xthread_native_id", "_xthread_sentinel", "_xthread_state",
+    )
+
+    @property
+    def _xthread_initialized(self):
+        # False for a subclass whose __init__ forgot Thread.__init__().
+        return hasattr(self, "_xthread_state")
+
+    def __init__(self, group=None, target=None, name=None,
+                 args=(), kwargs=None, *, daemon=None):
+        """Arguments as for ``threading.Thread``: always pass them by
+        keyword. *group* must be None."""
+        assert group is None, "group argument must be None for now"
+        self._xthread_target = target
+        self._xthread_name = str(name) if name else _compat.newname(target)
+        self._xthread_args = args
+        self._xthread_kwargs = {} if kwargs is None else kwargs
+        if daemon is None:
+            daemon = _threading.current_thread().daemon
+        self._xthread_daemonic = bool(daemon)
+        self._xthread_ident = None
+        self._xthread_native_id = None
+        self._xthread_sentinel = None
+        self._xthread_state = _NEW
+
+    def __repr__(self):
+        assert self._xthread_initialized, "Thread.__init__() was not called"
+        state = self._xthread_state
+        if state == _STARTED and not self.is_alive():
+            state = _STOPPED
+        status = ("initial", "initial", "started", "stopped")[state]
+        if self._xthread_daemonic:
+            status += " daemon"
+        if self._xthread_ident is not None:
+            status += " %s" % self._xthread_ident
+        return "<%s(%s, %s)>" % (type(self).__name__, self._xthread_name,
+                                 status)
+
+    # Life cycle
+
+    def start(self):
+        """Start the thread's activity: ``run()`` in a new OS thread.
+
+        Returns once the thread exists, with its ident and native id set.
+        Calling it twice raises RuntimeError.
+        """
+        if not self._xthread_initialized:
+            raise RuntimeError("thread.__init__() not called")
+        if self._xthread_state != _NEW:
+            raise RuntimeError("threads can only be started once")
+        if _compat.REFUSE_START_AT_SHUTDOWN and _compat.shutting_down():
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        # The new thread may run before this call returns: it must find
+        # itself started (is_alive(), daemon setter) and listed (enumerate).
+        self._xthread_state = _STARTING
+        with _active_limbo_lock():
+            _limbo[self] = self
+        try:
+            ident, native_id, sentinel = _start_joinable_thread(
+                self._bootstrap, ())
+        except BaseException:
+            self._xthread_state = _NEW
+            with _active_limbo_lock():
+                _limbo.pop(self, None)
+            raise
+        self._xthread_ident = ident
+        self._xthread_native_id = native_id
+        self._xthread_sentinel = sentinel
+        self._xthread_state = _STARTED
+        if not self._xthread_daemonic:
+            _track_for_shutdown(sentinel)
+
+    def run(self):
+        """The thread's activity: calls the target with its arguments.
+        Override it in a subclass."""
+        try:
+            if self._xthread_target is not None:
+                self._xthread_target(*self._xthread_args,
+                                     **self._xthread_kwargs)
+        finally:
+            # Avoid a refcycle if the thread is running a function with
+            # an argument that has a member that points to the thread.
+            self._xthread_target = None
+            self._xthread_args = ()
+            self._xthread_kwargs = {}
+
+    def _bootstrap(self):
+        # Wrapper around the real bootstrap code that ignores exceptions
+        # during interpreter cleanup: a daemon thread still running while
+        # the interpreter tears down may find module globals set to None.
+        # Those are almost certainly caused by the teardown, not by the
+        # thread, so a daemon thread ends quietly then, as stdlib's does.
+        try:
+            self._bootstrap_inner()
+        except:
+            if self._xthread_daemonic and _sys is None:
+                return
+            raise
+
+    def _bootstrap_inner(self):
+        try:
+            ident = _get_ident()
+            # The parent sets these too once start() returns; this thread
+            # may get here first.
+            self._xthread_ident = ident
+            self._xthread_native_id = _xthread.get_native_id()
+            with _active_limbo_lock():
+                _active[ident] = self
+                _limbo.pop(self, None)
+            trace = _compat.gettrace()
+            if trace:
+                _sys.settrace(trace)
+            profile = _compat.getprofile()
+            if profile:
+                _sys.setprofile(profile)
+            try:
+                self.run()
+            except:
+                self._xthread_report_exception()
+        finally:
+            self._xthread_delete()
+
+    def _xthread_report_exception(self):
+        """Hands the exception being handled to ``threading.excepthook``
+        (looked up now, so a hook set after start applies); if the hook
+        itself fails, to ``sys.excepthook``, as stdlib does."""
+        exc_type, exc_value, exc_tb = _sys.exc_info()
+        try:
+            hook = _threading.excepthook
+            hook(_ExceptHookArgs([exc_type, exc_value, exc_tb, self]))
+        except Exception as exc:
+            exc.__suppress_context__ = True
+            del exc
+            sys_hook = _sys.excepthook or _sys.__excepthook__
+            sys_hook(*_sys.exc_info())
+        finally:
+            exc_type = exc_value = exc_tb = None
+
+    def _xthread_delete(self):
+        """Removes this thread from ``threading._active``; runs in it."""
+        with _active_limbo_lock():
+            _active.pop(_get_ident(), None)
+
+    def join(self, timeout=None):
+        """Wait until the thread ends, or until *timeout* seconds pass.
+
+        Returns None either way: call ``is_alive()`` to tell which.
+        Joining a thread that was not started, or the current thread,
+        raises RuntimeError. Returns only once the thread state is gone.
+        """
+        if not self._xthread_initialized:
+            raise RuntimeError("Thread.__init__() not called")
+        if self._xthread_state < _STARTED:
+            raise RuntimeError("cannot join thread before it is started")
+        if self._xthread_ident == _get_ident():
+            raise RuntimeError("cannot join current thread")
+        if timeout is None:
+            self._xthread_wait(True, -1)
+        else:
+            self._xthread_wait(True, max(timeout, 0))
+
+    def _xthread_wait(self, block, timeout):
+        sentinel = self._xthread_sentinel
+        if sentinel is None:
+            return
+        if timeout == -1:
+            acquired = sentinel.acquire(block)
+        else:
+            acquired = sentinel.acquire(block, timeout)
+        if acquired:
+            # Let other joiners through, then remember the end.
+            sentinel.release()
+            self._xthread_mark_stopped()
+
+    def _xthread_mark_stopped(self):
+        self._xthread_state = _STOPPED
+        self._xthread_sentinel = None
+
+    def is_alive(self):
+        """Whether the thread has started and its thread state still
+        exists."""
+        assert self._xthread_initialized, "Thread.__init__() not called"
+        state = self._xthread_state
+        if state == _STARTING:
+            return True
+        if state != _STARTED:
+            return False
+        self._xthread_wait(False, -1)
+        return self._xthread_state == _STARTED
+
+    # Properties: kept apart from stdlib's private attributes
+
+    @property
+    def name(self):
+        """A string used for identification purposes only."""
+        assert self._xthread_initialized, "Thread.__init__() not called"
+        return self._xthread_name
+
+    @name.setter
+    def name(self, name):
+        assert self._xthread_initialized, "Thread.__init__() not called"
+        self._xthread_name = str(name)
+
+    @property
+    def ident(self):
+        """The thread's identifier (``threading.get_ident()`` in it), or
+        None before start."""
+        assert self._xthread_initialized, "Thread.__init__() not called"
+        return self._xthread_ident
+
+    @property
+    def native_id(self):
+        """The operating system's id of the thread, or None before start."""
+        assert self._xthread_initialized, "Thread.__init__() not called"
+        return self._xthread_native_id
+
+    @property
+    def daemon(self):
+        """Whether interpreter exit leaves this thread running instead of
+        waiting for it. Settable only before start()."""
+        assert self._xthread_initialized, "Thread.__init__() not called"
+        return self._xthread_daemonic
+
+    @daemon.setter
+    def daemon(self, daemonic):
+        if not self._xthread_initialized:
+            raise RuntimeError("Thread.__init__() not called")
+        if self._xthread_state != _NEW:
+            raise RuntimeError("cannot set daemon status of active thread")
+        self._xthread_daemonic = bool(daemonic)
+
+    # What threading._after_fork calls on the objects it lists. Only the
+    # forking thread exists in the child; it keeps its sentinel (its C
+    # bootstrap goes on there and releases it); every other thread is gone.
+
+    def _xthread_after_fork(self, alive):
+        if alive:
+            # The forking thread: threading has made it _main_thread.
+            self._xthread_ident = _get_ident()
+            self._xthread_native_id = _xthread.get_native_id()
+            _compat.become_main_thread(self)
+        else:
+            self._xthread_mark_stopped()
+
+    if _compat.PY313:
+        def _after_fork(self, new_ident=None):
+            self._xthread_after_fork(new_ident is not None)
+    else:
+        def _reset_internal_locks(self, is_alive):
+            self._xthread_after_fork(is_alive)
+
+        def _stop(self):
+            # Also what 3.9-3.12's threading._shutdown calls on
+            # _main_thread, when that is this object in a forked child.
+            self._xthread_mark_stopped()
