@@ -30,16 +30,33 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "compat.h"
 
 // Module state
 
+struct recordobject;
+
+/* Records of the threads that xthread knows, by ident. A list guarded by
+ * its own OS mutex, because a thread that _xthread starts enters it before
+ * it has the GIL. */
+typedef struct {
+    PyThread_type_lock mutex;
+    struct recordobject *head;
+} xthread_registry;
+
 typedef struct {
     PyTypeObject *lock_type;
+    PyTypeObject *record_type;
+    PyObject *record_key;       /* key of the record in a thread-state dict */
+    xthread_registry registry;
     /* Threads started by this module that have not finished their Python
-     * part. Only touched with the GIL held. */
+     * part. Only touched with the GIL held, as are the counters below. */
     Py_ssize_t count;
+    pid_t pid;                  /* the process `count` is about */
+    unsigned long long next_generation;
+    unsigned long long next_token;      /* deliveries and scopes */
 } xthread_state;
 
 static inline xthread_state *
@@ -60,18 +77,411 @@ monotonic_us(void)
 }
 
 
+// Thread records
+
+/* A record of one thread, made for every thread that waits in xthread or
+ * is sent an exception through it: the semaphore it parks on in a killable
+ * wait, its generation (idents are reused, generations are not), its
+ * shield depth, the scopes it is in, and the exception it was last sent.
+ *
+ * Owners: the thread's own state dict (through a capsule, so the record
+ * goes when the thread state is cleared) and, for a thread that _xthread
+ * starts, the bootstate until the thread has installed that capsule.
+ * The registry (a list in module state) holds it borrowed: a record
+ * leaves the list before it is freed. Fields other than the list links are
+ * read and written with the GIL held. */
+typedef struct recordobject {
+    PyObject_HEAD
+    struct recordobject *prev, *next;   /* registry links */
+    xthread_registry *registry;
+    unsigned long ident;
+    unsigned long long generation;
+    PyThread_type_lock park;    /* posted to wake the thread from a wait */
+    int parked;                 /* in a killable wait now */
+    int shield_depth;
+    /* Sent through xthread, not landed yet: raised by the interpreter at
+     * the thread's next bytecode boundary (outstanding), or held back by
+     * a shield (deferred). */
+    PyObject *outstanding;      /* the instance sent, or NULL */
+    unsigned long long outstanding_scope;
+    unsigned long long outstanding_token;
+    PyObject *deferred;
+    unsigned long long deferred_scope;
+    /* Active scopes, innermost last. */
+    unsigned long long *scopes;
+    Py_ssize_t nscopes;
+    Py_ssize_t scopes_cap;
+    /* When the last exception was sent and landed (monotonic us; 0: not). */
+    long long sent_at_us;
+    long long landed_at_us;
+} recordobject;
+
+static void
+registry_link(xthread_registry *reg, recordobject *rec)
+{
+    PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
+    rec->registry = reg;
+    rec->prev = NULL;
+    rec->next = reg->head;
+    if (reg->head != NULL) {
+        reg->head->prev = rec;
+    }
+    reg->head = rec;
+    PyThread_release_lock(reg->mutex);
+}
+
+static void
+registry_unlink(recordobject *rec)
+{
+    xthread_registry *reg = rec->registry;
+    if (reg == NULL) {
+        return;
+    }
+    PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
+    if (rec->prev != NULL) {
+        rec->prev->next = rec->next;
+    }
+    else {
+        reg->head = rec->next;
+    }
+    if (rec->next != NULL) {
+        rec->next->prev = rec->prev;
+    }
+    rec->prev = rec->next = NULL;
+    rec->registry = NULL;
+    PyThread_release_lock(reg->mutex);
+}
+
+/* The live record of the thread with this ident, or NULL (borrowed; valid
+ * while the GIL is held, since records leave the list only with it). The
+ * newest wins if a dead thread's record lingers. */
+static recordobject *
+registry_find(xthread_registry *reg, unsigned long ident)
+{
+    recordobject *found = NULL;
+    PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
+    for (recordobject *r = reg->head; r != NULL; r = r->next) {
+        if (r->ident == ident) {
+            found = r;
+            break;
+        }
+    }
+    PyThread_release_lock(reg->mutex);
+    return found;
+}
+
+static recordobject *
+record_new(xthread_state *state)
+{
+    recordobject *rec = PyObject_GC_New(recordobject, state->record_type);
+    if (rec == NULL) {
+        return NULL;
+    }
+    rec->prev = rec->next = NULL;
+    rec->registry = NULL;
+    rec->ident = 0;
+    rec->generation = ++state->next_generation;
+    rec->parked = 0;
+    rec->shield_depth = 0;
+    rec->outstanding = NULL;
+    rec->outstanding_scope = 0;
+    rec->outstanding_token = 0;
+    rec->deferred = NULL;
+    rec->deferred_scope = 0;
+    rec->scopes = NULL;
+    rec->nscopes = rec->scopes_cap = 0;
+    rec->sent_at_us = rec->landed_at_us = 0;
+    rec->park = PyThread_allocate_lock();
+    if (rec->park == NULL) {
+        Py_DECREF(rec);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    /* Held: the thread parks by acquiring it, a waker releases it. */
+    PyThread_acquire_lock(rec->park, WAIT_LOCK);
+    PyObject_GC_Track(rec);
+    return rec;
+}
+
+static int
+record_traverse(recordobject *rec, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(rec));
+    Py_VISIT(rec->outstanding);
+    Py_VISIT(rec->deferred);
+    return 0;
+}
+
+static int
+record_clear(recordobject *rec)
+{
+    Py_CLEAR(rec->outstanding);
+    Py_CLEAR(rec->deferred);
+    return 0;
+}
+
+static void
+record_dealloc(recordobject *rec)
+{
+    PyTypeObject *tp = Py_TYPE(rec);
+    PyObject_GC_UnTrack(rec);
+    registry_unlink(rec);
+    record_clear(rec);
+    if (rec->park != NULL) {
+        PyThread_free_lock(rec->park);
+    }
+    PyMem_RawFree(rec->scopes);
+    tp->tp_free((PyObject *)rec);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+record_get_ident(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLong(rec->ident);
+}
+
+static PyObject *
+record_get_generation(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(rec->generation);
+}
+
+static PyObject *
+us_or_none(long long us)
+{
+    if (us == 0) {
+        Py_RETURN_NONE;
+    }
+    return PyFloat_FromDouble((double)us * 1e-6);
+}
+
+static PyObject *
+record_get_sent_at(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return us_or_none(rec->sent_at_us);
+}
+
+static PyObject *
+record_get_landed_at(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return us_or_none(rec->landed_at_us);
+}
+
+static PyObject *
+record_get_parked(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(rec->parked);
+}
+
+static PyObject *
+record_get_shield_depth(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(rec->shield_depth);
+}
+
+static PyObject *
+record_get_pending(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(rec->outstanding != NULL || rec->deferred != NULL);
+}
+
+static PyGetSetDef record_getset[] = {
+    {"ident", (getter)record_get_ident, NULL, "the thread's ident", NULL},
+    {"generation", (getter)record_get_generation, NULL,
+     "unique per thread, unlike the ident", NULL},
+    {"sent_at", (getter)record_get_sent_at, NULL,
+     "time.monotonic() when an exception was last sent, or None", NULL},
+    {"landed_at", (getter)record_get_landed_at, NULL,
+     "time.monotonic() when the last one was raised in the thread", NULL},
+    {"parked", (getter)record_get_parked, NULL,
+     "whether the thread is in a killable wait", NULL},
+    {"shield_depth", (getter)record_get_shield_depth, NULL,
+     "how many shields the thread is in", NULL},
+    {"pending", (getter)record_get_pending, NULL,
+     "whether an exception sent through xthread has not landed yet", NULL},
+    {NULL, NULL, NULL, NULL, NULL}
+};
+
+static PyType_Slot record_type_slots[] = {
+    {Py_tp_dealloc, (destructor)record_dealloc},
+    {Py_tp_traverse, (traverseproc)record_traverse},
+    {Py_tp_clear, (inquiry)record_clear},
+    {Py_tp_getset, record_getset},
+    {Py_tp_doc, (void *)"What xthread knows of one thread."},
+    {0, NULL}
+};
+
+static PyType_Spec record_type_spec = {
+    .name = "_xthread.ThreadRecord",
+    .basicsize = sizeof(recordobject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = record_type_slots,
+};
+
+#define RECORD_CAPSULE "_xthread.record"
+
+/* Runs when the thread state's dict is cleared (the thread is ending),
+ * with the GIL held. */
+static void
+record_capsule_destructor(PyObject *capsule)
+{
+    recordobject *rec = PyCapsule_GetPointer(capsule, RECORD_CAPSULE);
+    if (rec == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    registry_unlink(rec);
+    Py_DECREF(rec);
+}
+
+/* Makes `rec` the record of the calling thread: registered by its ident,
+ * owned by its thread-state dict. Takes a new reference. GIL held. */
+static int
+record_install(xthread_state *state, recordobject *rec)
+{
+    PyObject *tdict = PyThreadState_GetDict();
+    if (tdict == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "no thread state dict");
+        return -1;
+    }
+    PyObject *capsule = PyCapsule_New(rec, RECORD_CAPSULE,
+                                      record_capsule_destructor);
+    if (capsule == NULL) {
+        return -1;
+    }
+    Py_INCREF(rec);
+    rec->ident = PyThread_get_thread_ident();
+    if (rec->registry == NULL) {
+        registry_link(&state->registry, rec);
+    }
+    int rc = PyDict_SetItem(tdict, state->record_key, capsule);
+    Py_DECREF(capsule);     /* on failure this unlinks and drops rec */
+    return rc;
+}
+
+/* The calling thread's record, made on first use (borrowed reference), or
+ * NULL with an exception set. GIL held. */
+static recordobject *
+current_record(xthread_state *state)
+{
+    PyObject *tdict = PyThreadState_GetDict();
+    if (tdict != NULL) {
+        PyObject *capsule = PyDict_GetItemWithError(tdict, state->record_key);
+        if (capsule != NULL) {
+            return PyCapsule_GetPointer(capsule, RECORD_CAPSULE);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    recordobject *rec = record_new(state);
+    if (rec == NULL) {
+        return NULL;
+    }
+    int rc = record_install(state, rec);
+    Py_DECREF(rec);
+    return rc < 0 ? NULL : rec;
+}
+
+
+/* Withdraws an exception sent through xthread that has not landed yet.
+ * GIL held. */
+static void
+record_withdraw(recordobject *rec)
+{
+    if (rec->outstanding != NULL) {
+        PyThreadState_SetAsyncExc(rec->ident, NULL);
+        Py_CLEAR(rec->outstanding);
+    }
+}
+
+/* Raises, in the calling thread and now, the exception that interrupted
+ * a killable wait, withdrawing it from the interpreter loop so that it is
+ * raised once. Always returns NULL. */
+static PyObject *
+raise_outstanding(recordobject *rec)
+{
+    PyObject *exc = rec->outstanding;
+    if (exc == NULL) {
+        PyErr_SetString(PyExc_SystemError, "no exception was sent");
+        return NULL;
+    }
+    Py_INCREF(exc);
+    record_withdraw(rec);
+    rec->landed_at_us = monotonic_us();
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+
+// Parking
+
+/* A killable wait parks the thread on its record's semaphore, which is
+ * posted by whoever grants what it waits for and by a sender that gives it
+ * an exception. Posts may be stale (a wake that came after the wait had
+ * ended for another reason), so every wait loops on its own condition.
+ *
+ * park_once waits up to `timeout_us` (-1: no limit) with the GIL
+ * dropped. Returns PY_LOCK_ACQUIRED when posted, PY_LOCK_FAILURE on
+ * timeout, PY_LOCK_INTR when a signal arrived (the caller then runs the
+ * handlers with Py_MakePendingCalls, with no lock of its own held). */
+static PyLockStatus
+park_once(recordobject *rec, long long timeout_us)
+{
+    PyLockStatus r;
+    Py_BEGIN_ALLOW_THREADS
+    r = PyThread_acquire_lock_timed(rec->park, timeout_us, 1);
+    Py_END_ALLOW_THREADS
+    return r;
+}
+
+static inline void
+unpark(recordobject *rec)
+{
+    PyThread_release_lock(rec->park);
+}
+
+/* Time left until `deadline_us` (0: none) as a park timeout. */
+static long long
+time_left(long long deadline_us)
+{
+    if (deadline_us == 0) {
+        return -1;
+    }
+    long long left = deadline_us - monotonic_us();
+    return left > 0 ? left : 0;
+}
+
+
 // Lock core
 
-/* The OS lock behind a lock object, kept apart from the Python object and
+/* The state of a lock, kept apart from the Python object and
  * reference-counted with atomics, because a thread releases its sentinels
  * after its thread state is gone: it may then use neither the GIL nor
  * Py_DECREF, and the lock object may already have been freed by then.
  *
+ * A lock is a flag and a FIFO of parked waiters, both guarded by a short
+ * OS mutex (never held while blocking). release() hands the lock to the
+ * first waiter, which wakes owning it; a waiter whose thread is sent an
+ * exception leaves the queue and returns, so the exception is raised as
+ * soon as the wait's caller resumes.
+ *
  * Owners: the lock object (one reference) and each thread that will
  * release the lock at its exit (one reference each). */
+typedef struct waiter {
+    struct waiter *next;
+    recordobject *rec;      /* borrowed: the waiting thread is alive */
+    int granted;
+} waiter;
+
 typedef struct {
-    PyThread_type_lock handle;
+    PyThread_type_lock mutex;
     atomic_int locked;
+    waiter *head;
+    waiter *tail;
     atomic_long refs;
 } lock_core;
 
@@ -82,12 +492,13 @@ lock_core_new(void)
     if (core == NULL) {
         return NULL;
     }
-    core->handle = PyThread_allocate_lock();
-    if (core->handle == NULL) {
+    core->mutex = PyThread_allocate_lock();
+    if (core->mutex == NULL) {
         PyMem_RawFree(core);
         return NULL;
     }
     atomic_init(&core->locked, 0);
+    core->head = core->tail = NULL;
     atomic_init(&core->refs, 1);
     return core;
 }
@@ -103,53 +514,218 @@ static void
 lock_core_decref(lock_core *core)
 {
     if (atomic_fetch_sub(&core->refs, 1) == 1) {
-        PyThread_free_lock(core->handle);
+        PyThread_free_lock(core->mutex);
         PyMem_RawFree(core);
     }
 }
 
-/* Releases the core if it is held. Safe without the GIL and without a
- * thread state: this is how a sentinel is released at thread exit. */
-static void
-lock_core_release_if_locked(lock_core *core)
+/* Takes the lock if it is free; never blocks for long. */
+static int
+lock_core_try(lock_core *core)
 {
-    if (atomic_exchange(&core->locked, 0)) {
-        PyThread_release_lock(core->handle);
+    int got = 0;
+    PyThread_acquire_lock(core->mutex, WAIT_LOCK);
+    if (!atomic_load(&core->locked)) {
+        atomic_store(&core->locked, 1);
+        got = 1;
+    }
+    PyThread_release_lock(core->mutex);
+    return got;
+}
+
+/* Called with core->mutex held: hands the lock to the first waiter, or
+ * frees it. Safe without the GIL and without a thread state: this is how
+ * a sentinel is released at thread exit. */
+static void
+lock_core_pass_on(lock_core *core)
+{
+    waiter *w = core->head;
+    if (w == NULL) {
+        atomic_store(&core->locked, 0);
+        return;
+    }
+    core->head = w->next;
+    if (core->head == NULL) {
+        core->tail = NULL;
+    }
+    w->granted = 1;
+    unpark(w->rec);
+}
+
+/* Returns 0, or -1 if the lock was not held. */
+static int
+lock_core_release(lock_core *core)
+{
+    int rc = 0;
+    PyThread_acquire_lock(core->mutex, WAIT_LOCK);
+    if (atomic_load(&core->locked)) {
+        lock_core_pass_on(core);
+    }
+    else {
+        rc = -1;
+    }
+    PyThread_release_lock(core->mutex);
+    return rc;
+}
+
+static void
+lock_core_remove_waiter(lock_core *core, waiter *w)
+{
+    waiter *prev = NULL;
+    for (waiter *p = core->head; p != NULL; prev = p, p = p->next) {
+        if (p == w) {
+            if (prev == NULL) {
+                core->head = p->next;
+            }
+            else {
+                prev->next = p->next;
+            }
+            if (core->tail == p) {
+                core->tail = prev;
+            }
+            return;
+        }
     }
 }
 
-/* Waits for `handle` for up to `timeout_us` microseconds (-1: for ever,
- * 0: do not wait). Called with the GIL held; drops it only while blocked.
- * A signal that interrupts the wait runs the Python signal handlers
- * (main thread only): if one raises (Ctrl-C), this returns PY_LOCK_INTR
- * with the exception set; otherwise the wait resumes with the time left. */
-static PyLockStatus
-acquire_timed(PyThread_type_lock handle, long long timeout_us)
+typedef enum {
+    WAIT_DONE,          /* acquired, or the park ended */
+    WAIT_TIMEOUT,
+    WAIT_INTERRUPTED,   /* an exception was sent to the thread */
+    WAIT_ERROR,         /* a signal handler raised; exception set */
+} wait_status;
+
+/* Enqueues `w`, or takes the lock if it is free. Returns 1 if taken. */
+static int
+lock_core_enqueue(lock_core *core, waiter *w)
 {
-    /* First a non-blocking try without dropping the GIL: the common,
-     * uncontended case costs no GIL round trip. */
-    PyLockStatus r = PyThread_acquire_lock_timed(handle, 0, 0);
-    if (r == PY_LOCK_ACQUIRED || timeout_us == 0) {
-        return r;
+    int taken = 0;
+    PyThread_acquire_lock(core->mutex, WAIT_LOCK);
+    if (!atomic_load(&core->locked)) {
+        atomic_store(&core->locked, 1);
+        taken = 1;
+    }
+    else {
+        w->next = NULL;
+        if (core->tail != NULL) {
+            core->tail->next = w;
+        }
+        else {
+            core->head = w;
+        }
+        core->tail = w;
+    }
+    PyThread_release_lock(core->mutex);
+    return taken;
+}
+
+/* Parks until the lock is handed over, the thread is posted, or the
+ * timeout passes. The waiter leaves the queue before the GIL is asked for
+ * again, unless it was handed the lock: at interpreter exit a thread may
+ * end inside that GIL request, and its stack (where `w` lives) with it. */
+static PyLockStatus
+park_on_core(lock_core *core, waiter *w, long long timeout_us)
+{
+    PyLockStatus r;
+    Py_BEGIN_ALLOW_THREADS
+    r = PyThread_acquire_lock_timed(w->rec->park, timeout_us, 1);
+    PyThread_acquire_lock(core->mutex, WAIT_LOCK);
+    if (!w->granted) {
+        lock_core_remove_waiter(core, w);
+    }
+    PyThread_release_lock(core->mutex);
+    Py_END_ALLOW_THREADS
+    return r;
+}
+
+/* Waits for the lock for up to `timeout_us` (-1: no limit, 0: no wait).
+ * GIL held; dropped only while parked. Killable: returns WAIT_INTERRUPTED
+ * as soon as an exception is sent to the thread through xthread. */
+static wait_status
+lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
+{
+    if (lock_core_try(core)) {
+        return WAIT_DONE;
+    }
+    if (timeout_us == 0) {
+        return WAIT_TIMEOUT;
+    }
+    recordobject *rec = current_record(state);
+    if (rec == NULL) {
+        return WAIT_ERROR;
+    }
+    if (rec->outstanding != NULL) {
+        return WAIT_INTERRUPTED;
     }
     long long deadline = timeout_us > 0 ? monotonic_us() + timeout_us : 0;
+    waiter w = {.next = NULL, .rec = rec, .granted = 0};
+    if (lock_core_enqueue(core, &w)) {
+        return WAIT_DONE;
+    }
+    /* The record (its semaphore) must outlive the wait even if another
+     * thread clears this thread's state meanwhile (interpreter exit). If
+     * this thread ends inside the GIL request, the reference leaks. */
+    Py_INCREF(rec);
+    rec->parked++;
+    wait_status status;
     for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        r = PyThread_acquire_lock_timed(handle, timeout_us, 1);
-        Py_END_ALLOW_THREADS
-        if (r != PY_LOCK_INTR) {
-            return r;
+        PyLockStatus r = park_on_core(core, &w, time_left(deadline));
+        if (w.granted) {
+            status = WAIT_DONE;
+            break;
         }
-        if (Py_MakePendingCalls() < 0) {
-            return PY_LOCK_INTR;
+        if (r == PY_LOCK_INTR && Py_MakePendingCalls() < 0) {
+            status = WAIT_ERROR;
+            break;
         }
-        if (timeout_us > 0) {
-            timeout_us = deadline - monotonic_us();
-            if (timeout_us <= 0) {
-                return PyThread_acquire_lock_timed(handle, 0, 0);
-            }
+        if (rec->outstanding != NULL) {
+            status = WAIT_INTERRUPTED;
+            break;
+        }
+        if (deadline != 0 && monotonic_us() >= deadline) {
+            status = WAIT_TIMEOUT;
+            break;
+        }
+        /* A stale post or a signal: queue up again, at the back. */
+        if (lock_core_enqueue(core, &w)) {
+            status = WAIT_DONE;
+            break;
         }
     }
+    rec->parked--;
+    Py_DECREF(rec);
+    return status;
+}
+
+/* Sleeps up to `timeout_us`, killable. */
+static wait_status
+park_for(xthread_state *state, long long timeout_us)
+{
+    recordobject *rec = current_record(state);
+    if (rec == NULL) {
+        return WAIT_ERROR;
+    }
+    long long deadline = timeout_us >= 0 ? monotonic_us() + timeout_us : 0;
+    wait_status status = WAIT_TIMEOUT;
+    Py_INCREF(rec);         /* as in lock_core_acquire */
+    rec->parked++;
+    while (rec->outstanding == NULL) {
+        long long left = time_left(deadline);
+        if (deadline != 0 && left == 0) {
+            break;
+        }
+        PyLockStatus r = park_once(rec, left);
+        if (r == PY_LOCK_INTR && Py_MakePendingCalls() < 0) {
+            status = WAIT_ERROR;
+            break;
+        }
+    }
+    if (status != WAIT_ERROR && rec->outstanding != NULL) {
+        status = WAIT_INTERRUPTED;
+    }
+    rec->parked--;
+    Py_DECREF(rec);
+    return status;
 }
 
 
@@ -173,6 +749,24 @@ timeout_max_seconds(void)
     return floor(lock_max < time_max ? lock_max : time_max);
 }
 
+/* As _PyTime_FromSecondsObject: a float, or an integer by __index__
+ * (numpy integers included); anything else is TypeError. */
+static int
+seconds_from_object(PyObject *obj, double *seconds)
+{
+    if (PyFloat_Check(obj)) {
+        *seconds = PyFloat_AS_DOUBLE(obj);
+        return 0;
+    }
+    PyObject *index = PyNumber_Index(obj);
+    if (index == NULL) {
+        return -1;
+    }
+    *seconds = PyLong_AsDouble(index);
+    Py_DECREF(index);
+    return *seconds == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
 /* Parses acquire()'s arguments into a timeout in microseconds (-1: for
  * ever). Returns -1 with an exception set on bad input. */
 static int
@@ -187,14 +781,7 @@ lock_acquire_parse_args(PyObject *args, PyObject *kwds, long long *timeout_us)
     }
     double timeout = -1.0;
     if (timeout_obj != NULL) {
-        if (!PyFloat_Check(timeout_obj) && !PyLong_Check(timeout_obj)) {
-            PyErr_Format(PyExc_TypeError,
-                         "timeout must be a number, not %.200s",
-                         Py_TYPE(timeout_obj)->tp_name);
-            return -1;
-        }
-        timeout = PyFloat_AsDouble(timeout_obj);
-        if (timeout == -1.0 && PyErr_Occurred()) {
+        if (seconds_from_object(timeout_obj, &timeout) < 0) {
             return -1;
         }
         if (isnan(timeout)) {
@@ -237,14 +824,17 @@ lock_acquire(lockobject *self, PyObject *args, PyObject *kwds)
     if (lock_acquire_parse_args(args, kwds, &timeout_us) < 0) {
         return NULL;
     }
-    PyLockStatus r = acquire_timed(self->core->handle, timeout_us);
-    if (r == PY_LOCK_INTR) {
+    xthread_state *state = PyType_GetModuleState(Py_TYPE(self));
+    switch (lock_core_acquire(state, self->core, timeout_us)) {
+    case WAIT_DONE:
+        Py_RETURN_TRUE;
+    case WAIT_TIMEOUT:
+        Py_RETURN_FALSE;
+    case WAIT_INTERRUPTED:
+        return raise_outstanding(current_record(state));
+    default:
         return NULL;
     }
-    if (r == PY_LOCK_ACQUIRED) {
-        atomic_store(&self->core->locked, 1);
-    }
-    return PyBool_FromLong(r == PY_LOCK_ACQUIRED);
 }
 
 PyDoc_STRVAR(lock_acquire_doc,
@@ -253,16 +843,16 @@ PyDoc_STRVAR(lock_acquire_doc,
 "return True. With blocking=False, return False at once if it is held.\n"
 "With a timeout (seconds), wait at most that long and return whether the\n"
 "lock was taken. In the main thread, a signal handler that raises (Ctrl-C)\n"
-"interrupts the wait.");
+"interrupts the wait. Killable: an exception sent to the waiting thread\n"
+"through xthread ends the wait at once and is raised here.");
 
 static PyObject *
 lock_release(lockobject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (!atomic_exchange(&self->core->locked, 0)) {
+    if (lock_core_release(self->core) < 0) {
         PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
         return NULL;
     }
-    PyThread_release_lock(self->core->handle);
     Py_RETURN_NONE;
 }
 
@@ -287,18 +877,22 @@ PyDoc_STRVAR(lock_locked_doc,
 "locked($self, /)\n--\n\n"
 "Return whether the lock is held.");
 
-/* After fork(), the OS lock may have been in any state in a thread that
- * does not exist in the child: give the object a fresh, unlocked one. The
- * old core is dropped, not freed, if a vanished thread still owns it. */
+/* After fork(), the lock's mutex may have been held by a thread that
+ * does not exist in the child, and its waiters are gone: give the core a
+ * fresh, unlocked state. The core itself is kept, so that a thread holding
+ * it as a sentinel releases the new state. The old mutex is leaked on
+ * purpose, as CPython's _PyThread_at_fork_reinit does (bpo-6721,
+ * bpo-40089): it may be in an inconsistent state. */
 static PyObject *
 lock_at_fork_reinit(lockobject *self, PyObject *Py_UNUSED(ignored))
 {
-    lock_core *fresh = lock_core_new();
+    PyThread_type_lock fresh = PyThread_allocate_lock();
     if (fresh == NULL) {
         return PyErr_NoMemory();
     }
-    lock_core_decref(self->core);
-    self->core = fresh;
+    self->core->mutex = fresh;
+    self->core->head = self->core->tail = NULL;
+    atomic_store(&self->core->locked, 0);
     Py_RETURN_NONE;
 }
 
@@ -363,18 +957,42 @@ lock_dealloc(lockobject *self)
     Py_DECREF(tp);
 }
 
+/* Each alias has a docstring of its own: the "name(...)\n--\n\n" header
+ * is a text signature only when it names the function it documents. */
+PyDoc_STRVAR(lock_acquire_lock_doc,
+"acquire_lock($self, /, blocking=True, timeout=-1)\n--\n\n"
+"An obsolete synonym of acquire().");
+
+PyDoc_STRVAR(lock_release_lock_doc,
+"release_lock($self, /)\n--\n\n"
+"An obsolete synonym of release().");
+
+PyDoc_STRVAR(lock_locked_lock_doc,
+"locked_lock($self, /)\n--\n\n"
+"An obsolete synonym of locked().");
+
+PyDoc_STRVAR(lock_enter_doc,
+"__enter__($self, /)\n--\n\n"
+"Lock the lock, waiting as long as it takes (acquire()).");
+
+PyDoc_STRVAR(lock_exit_doc,
+"__exit__($self, /, *exc_info)\n--\n\n"
+"Release the lock.");
+
 static PyMethodDef lock_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))lock_acquire,
      METH_VARARGS | METH_KEYWORDS, lock_acquire_doc},
     {"acquire_lock", (PyCFunction)(void (*)(void))lock_acquire,
-     METH_VARARGS | METH_KEYWORDS, lock_acquire_doc},
+     METH_VARARGS | METH_KEYWORDS, lock_acquire_lock_doc},
     {"release", (PyCFunction)lock_release, METH_NOARGS, lock_release_doc},
-    {"release_lock", (PyCFunction)lock_release, METH_NOARGS, lock_release_doc},
+    {"release_lock", (PyCFunction)lock_release, METH_NOARGS,
+     lock_release_lock_doc},
     {"locked", (PyCFunction)lock_locked, METH_NOARGS, lock_locked_doc},
-    {"locked_lock", (PyCFunction)lock_locked, METH_NOARGS, lock_locked_doc},
+    {"locked_lock", (PyCFunction)lock_locked, METH_NOARGS,
+     lock_locked_lock_doc},
     {"__enter__", (PyCFunction)(void (*)(void))lock_acquire,
-     METH_VARARGS | METH_KEYWORDS, lock_acquire_doc},
-    {"__exit__", (PyCFunction)lock_exit, METH_VARARGS, lock_release_doc},
+     METH_VARARGS | METH_KEYWORDS, lock_enter_doc},
+    {"__exit__", (PyCFunction)lock_exit, METH_VARARGS, lock_exit_doc},
     {"_at_fork_reinit", (PyCFunction)lock_at_fork_reinit, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}
 };
@@ -430,6 +1048,9 @@ typedef struct {
     PyObject *args;         /* strong */
     PyObject *kwargs;       /* strong or NULL */
     handshake *hs;          /* NULL once the handshake is done */
+    /* The thread's record, made by the parent (so its generation is known
+     * when start returns); strong until the thread installs it. */
+    struct recordobject *record;
     /* Locks released after the thread state is deleted. Touched only by
      * the thread itself (and the parent before start); each holds a
      * core reference. */
@@ -442,6 +1063,20 @@ typedef struct {
  * _xthread did not start. Per OS thread, not per module: an OS thread runs
  * at most one bootstrap, whatever interpreter it serves. */
 static _Thread_local bootstate *current_boot = NULL;
+
+/* The thread count, reset after fork() (only the forking thread exists in
+ * the child). Checked on use rather than by an os.register_at_fork hook,
+ * which would keep the module alive for ever. */
+static Py_ssize_t *
+xthread_count_ref(xthread_state *state)
+{
+    pid_t pid = getpid();
+    if (state->pid != pid) {
+        state->pid = pid;
+        state->count = current_boot != NULL ? 1 : 0;
+    }
+    return &state->count;
+}
 
 /* Adds `core` (with a new reference) to the locks released at exit.
  * Called with the GIL held. Returns -1 with MemoryError set on failure. */
@@ -470,7 +1105,12 @@ static void
 bootstate_release_sentinels_and_free(bootstate *boot)
 {
     for (Py_ssize_t i = 0; i < boot->nsentinels; i++) {
-        lock_core_release_if_locked(boot->sentinels[i]);
+        lock_core *core = boot->sentinels[i];
+        PyThread_acquire_lock(core->mutex, WAIT_LOCK);
+        if (atomic_load(&core->locked)) {
+            lock_core_pass_on(core);
+        }
+        PyThread_release_lock(core->mutex);
         lock_core_decref(boot->sentinels[i]);
     }
     PyMem_RawFree(boot->sentinels);
@@ -484,6 +1124,7 @@ bootstate_discard(bootstate *boot)
     Py_DECREF(boot->func);
     Py_DECREF(boot->args);
     Py_XDECREF(boot->kwargs);
+    Py_XDECREF(boot->record);
     Py_DECREF(boot->module);
     bootstate_release_sentinels_and_free(boot);
 }
@@ -517,6 +1158,10 @@ thread_run(void *arg)
         PyThread_release_lock(hs->done);
         return;         /* the parent frees the bootstate */
     }
+    /* Findable by ident before the parent's start call returns, so an
+     * exception can be sent at once. */
+    boot->record->ident = PyThread_get_thread_ident();
+    registry_link(&get_xthread_state(boot->module)->registry, boot->record);
     boot->hs = NULL;
     hs->status = HS_OK;
     PyThread_release_lock(hs->done);   /* hs is gone from here on */
@@ -524,8 +1169,15 @@ thread_run(void *arg)
     current_boot = boot;
     PyEval_AcquireThread(tstate);
 
+    if (record_install(get_xthread_state(boot->module), boot->record) < 0) {
+        XTHREAD_WRITE_UNRAISABLE("in thread start: no thread record",
+                                 boot->func);
+    }
+    Py_CLEAR(boot->record);
+
     PyObject *res = PyObject_Call(boot->func, boot->args, boot->kwargs);
     if (res == NULL) {
+        XTHREAD_REPORT_OWN_CLASS();
         if (PyErr_ExceptionMatches(PyExc_SystemExit)) {
             PyErr_Clear();
         }
@@ -539,7 +1191,7 @@ thread_run(void *arg)
     Py_CLEAR(boot->func);
     Py_CLEAR(boot->args);
     Py_CLEAR(boot->kwargs);
-    get_xthread_state(boot->module)->count--;
+    (*xthread_count_ref(get_xthread_state(boot->module)))--;
     Py_CLEAR(boot->module);
 
     PyThreadState_Clear(tstate);
@@ -574,23 +1226,25 @@ start_thread(PyObject *module, bootstate *boot,
     PyThread_acquire_lock(hs.done, WAIT_LOCK);
     boot->hs = &hs;
 
-    state->count++;
-    unsigned long id;
-    Py_BEGIN_ALLOW_THREADS
-    id = PyThread_start_new_thread(thread_run, boot);
+    (*xthread_count_ref(state))++;
+    /* Called with the thread state attached: PyThread_start_new_thread
+     * reads the stack size set by stack_size() from the current thread
+     * state, and uses the platform default when there is none. */
+    unsigned long id = PyThread_start_new_thread(thread_run, boot);
     if (id != PYTHREAD_INVALID_THREAD_ID) {
+        Py_BEGIN_ALLOW_THREADS
         PyThread_acquire_lock(hs.done, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
     }
-    Py_END_ALLOW_THREADS
     PyThread_free_lock(hs.done);
 
     if (id == PYTHREAD_INVALID_THREAD_ID) {
-        state->count--;
+        (*xthread_count_ref(state))--;
         PyErr_SetString(PyExc_RuntimeError, "can't start new thread");
         goto error;
     }
     if (hs.status != HS_OK) {
-        state->count--;
+        (*xthread_count_ref(state))--;
         if (hs.status == HS_FINALIZING) {
             PyErr_SetString(PyExc_RuntimeError,
                             "can't create new thread at interpreter shutdown");
@@ -647,6 +1301,15 @@ bootstate_new(PyObject *module, PyObject *fargs)
     boot->args = Py_NewRef(args);
     boot->kwargs = Py_XNewRef(kwargs);
     boot->hs = NULL;
+    boot->record = record_new(get_xthread_state(module));
+    if (boot->record == NULL) {
+        Py_DECREF(boot->module);
+        Py_DECREF(boot->func);
+        Py_DECREF(boot->args);
+        Py_XDECREF(boot->kwargs);
+        PyMem_RawFree(boot);
+        return NULL;
+    }
     boot->sentinels = NULL;
     boot->nsentinels = 0;
     boot->sentinels_cap = 0;
@@ -678,37 +1341,74 @@ static PyObject *
 xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
 {
     xthread_state *state = get_xthread_state(module);
-    bootstate *boot = bootstate_new(module, fargs);
+    lockobject *sentinel = NULL;
+    PyObject *call_args = NULL;
+    if (PyTuple_GET_SIZE(fargs) > 4) {
+        PyErr_Format(PyExc_TypeError,
+                     "_start_joinable_thread expected at most 4 arguments, "
+                     "got %zd", PyTuple_GET_SIZE(fargs));
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(fargs) == 4 && PyTuple_GET_ITEM(fargs, 3) != Py_None) {
+        PyObject *given = PyTuple_GET_ITEM(fargs, 3);
+        if (!PyObject_TypeCheck(given, state->lock_type)) {
+            PyErr_Format(PyExc_TypeError,
+                         "sentinel must be an _xthread lock, not %.200s",
+                         Py_TYPE(given)->tp_name);
+            return NULL;
+        }
+        sentinel = (lockobject *)Py_NewRef(given);
+        if (!atomic_load(&sentinel->core->locked)) {
+            PyErr_SetString(PyExc_ValueError, "sentinel must be held");
+            goto error;
+        }
+    }
+    call_args = PyTuple_GetSlice(fargs, 0, PyTuple_GET_SIZE(fargs) < 3
+                                           ? PyTuple_GET_SIZE(fargs) : 3);
+    if (call_args == NULL) {
+        goto error;
+    }
+    bootstate *boot = bootstate_new(module, call_args);
+    Py_CLEAR(call_args);
     if (boot == NULL) {
-        return NULL;
+        goto error;
     }
-    lockobject *sentinel = newlockobject(state->lock_type);
     if (sentinel == NULL) {
-        bootstate_discard(boot);
-        return NULL;
+        sentinel = newlockobject(state->lock_type);
+        if (sentinel == NULL) {
+            bootstate_discard(boot);
+            goto error;
+        }
+        /* Held now, by the thread to be: released when its state is gone. */
+        atomic_store(&sentinel->core->locked, 1);
     }
-    /* Held now, by the thread to be: released when its state is gone. */
-    PyThread_acquire_lock(sentinel->core->handle, WAIT_LOCK);
-    atomic_store(&sentinel->core->locked, 1);
     if (bootstate_add_sentinel(boot, sentinel->core) < 0) {
         bootstate_discard(boot);
-        Py_DECREF(sentinel);
-        return NULL;
+        goto error;
     }
+    unsigned long long generation = boot->record->generation;
     unsigned long ident, native_id;
     if (start_thread(module, boot, &ident, &native_id) < 0) {
         /* The discarded bootstate released the sentinel: join on a
          * thread that never ran must not hang. */
-        Py_DECREF(sentinel);
-        return NULL;
+        goto error;
     }
-    return Py_BuildValue("kkN", ident, native_id, (PyObject *)sentinel);
+    return Py_BuildValue("kkNK", ident, native_id, (PyObject *)sentinel,
+                         generation);
+
+error:
+    Py_XDECREF(call_args);
+    Py_XDECREF(sentinel);
+    return NULL;
 }
 
 PyDoc_STRVAR(start_joinable_thread_doc,
-"_start_joinable_thread($module, function, args, kwargs=None, /)\n--\n\n"
-"Like start_new_thread(), but return (ident, native_id, sentinel): the\n"
-"sentinel is a held lock that the thread releases after its thread state\n"
+"_start_joinable_thread($module, function, args, kwargs=None,\n"
+"                       sentinel=None, /)\n--\n\n"
+"Like start_new_thread(), but return (ident, native_id, sentinel,\n"
+"generation): the generation tells this thread from a later one that\n"
+"reuses its ident; the sentinel (a new one, or the held lock given) is a\n"
+"held lock that the thread releases after its thread state\n"
 "is deleted, so acquiring it waits for the thread's end. The call returns\n"
 "once the thread exists with its thread state, so that exceptions can\n"
 "be sent to it at once.");
@@ -747,78 +1447,112 @@ PyDoc_STRVAR(set_sentinel_doc,
 "any other thread, raises RuntimeError.");
 
 
-// set_async_exc
+// Delivery: exceptions sent through xthread
 
-/* __new__ of a carrier class: returns the instance the carrier was made
- * for, whatever it is called with. It may be called more than once per
- * delivery on 3.9/3.10, so it hands out the same object each time. */
+/* A carrier is a class made for one delivery. PyThreadState_SetAsyncExc
+ * raises a class by calling it with no arguments; the carrier's tp_new
+ * returns the instance it was made for, whatever it is called with (3.9-3.11
+ * may call it more than once per delivery), and notes on the target's
+ * record that the exception has landed: it runs in the target thread when
+ * the interpreter instantiates the exception.
+ *
+ * It is made from a PyType_Spec with `type` as its metaclass, so that no
+ * code of the instance's class runs (no metaclass, no __init_subclass__).
+ * Which base it needs differs by version: see XTHREAD_CARRIER_BASE in
+ * compat.h. The class attribute CARRIER_ATTR holds a tuple (instance,
+ * record or None, token). */
+#define CARRIER_ATTR "__xthread_delivery__"
+
 static PyObject *
-carrier_new(PyObject *instance, PyObject *Py_UNUSED(args),
-            PyObject *Py_UNUSED(kwargs))
+carrier_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+            PyObject *Py_UNUSED(kwds))
 {
-    return Py_NewRef(instance);
-}
-
-static PyMethodDef carrier_new_def = {
-    "__new__", (PyCFunction)(void (*)(void))carrier_new,
-    METH_VARARGS | METH_KEYWORDS, NULL
-};
-
-/* PyThreadState_SetAsyncExc raises a class by calling it with no
- * arguments. To raise a given instance, send a subclass of the instance's
- * class whose constructor returns that instance: the target's `except`
- * clauses then match the instance's class, and `as e` binds the very
- * object (arguments, __cause__ and attributes intact). Returns a new
- * reference, or NULL with an exception set. */
-static PyObject *
-make_carrier(PyObject *instance)
-{
-    PyTypeObject *cls = Py_TYPE(instance);
-    PyObject *fn = NULL, *sm = NULL, *dict = NULL, *attr = NULL;
-    PyObject *carrier = NULL;
-
-    if (!(PyType_GetFlags(cls) & Py_TPFLAGS_BASETYPE)) {
-        PyErr_Format(PyExc_TypeError,
-                     "cannot send an instance of %.200s: the class does "
-                     "not allow subclasses; send the class instead",
-                     cls->tp_name);
+    PyObject *delivery = PyObject_GetAttrString((PyObject *)type,
+                                                CARRIER_ATTR);
+    if (delivery == NULL) {
         return NULL;
     }
-    fn = PyCFunction_NewEx(&carrier_new_def, instance, NULL);
-    if (fn == NULL) {
-        goto done;
+    if (!PyTuple_Check(delivery) || PyTuple_GET_SIZE(delivery) != 3) {
+        Py_DECREF(delivery);
+        PyErr_SetString(PyExc_SystemError, "broken exception carrier");
+        return NULL;
     }
-    sm = PyStaticMethod_New(fn);
-    if (sm == NULL) {
-        goto done;
+    PyObject *instance = Py_NewRef(PyTuple_GET_ITEM(delivery, 0));
+    PyObject *rec_obj = PyTuple_GET_ITEM(delivery, 1);
+    if (rec_obj != Py_None) {
+        recordobject *rec = (recordobject *)rec_obj;
+        unsigned long long token =
+            PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(delivery, 2));
+        if (rec->outstanding != NULL && rec->outstanding_token == token) {
+            Py_CLEAR(rec->outstanding);
+            rec->landed_at_us = monotonic_us();
+        }
     }
-    dict = PyDict_New();
-    if (dict == NULL || PyDict_SetItemString(dict, "__new__", sm) < 0) {
-        goto done;
+    Py_DECREF(delivery);
+    return instance;
+}
+
+static PyType_Slot carrier_slots[] = {
+    {Py_tp_new, carrier_new},
+    {0, NULL}
+};
+
+static PyType_Spec carrier_spec = {
+    .name = "_xthread.carrier",
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = carrier_slots,
+};
+
+/* Returns a new reference to a carrier for `instance`, told to `rec`
+ * (may be NULL) under `token`, or NULL with an exception set. */
+static PyObject *
+make_carrier(PyObject *instance, recordobject *rec, unsigned long long token)
+{
+    PyTypeObject *cls = Py_TYPE(instance);
+    if (XTHREAD_CARRIER_SUBCLASSES && !(PyType_GetFlags(cls) & Py_TPFLAGS_BASETYPE)) {
+        PyErr_Format(PyExc_TypeError,
+                     "cannot send an instance of %.200s on this Python: the "
+                     "class does not allow subclasses; send the class "
+                     "instead", cls->tp_name);
+        return NULL;
     }
-    static const char *copied[] = {"__module__", "__qualname__"};
+    PyObject *bases = PyTuple_Pack(1, XTHREAD_CARRIER_BASE(cls));
+    if (bases == NULL) {
+        return NULL;
+    }
+    PyObject *carrier = PyType_FromSpecWithBases(&carrier_spec, bases);
+    Py_DECREF(bases);
+    if (carrier == NULL) {
+        return NULL;
+    }
+    PyObject *delivery = Py_BuildValue(
+        "(OOK)", instance, rec != NULL ? (PyObject *)rec : Py_None, token);
+    if (delivery == NULL
+        || PyObject_SetAttrString(carrier, CARRIER_ATTR, delivery) < 0) {
+        Py_XDECREF(delivery);
+        goto error;
+    }
+    Py_DECREF(delivery);
+    /* Named as the instance's class: on 3.9/3.10 sys.exc_info()[0] in the
+     * target's handler is the carrier. */
+    static const char *copied[] = {"__name__", "__qualname__", "__module__"};
     for (size_t i = 0; i < sizeof(copied) / sizeof(copied[0]); i++) {
-        attr = PyObject_GetAttrString((PyObject *)cls, copied[i]);
+        PyObject *attr = PyObject_GetAttrString((PyObject *)cls, copied[i]);
         if (attr == NULL) {
-            PyErr_Clear();
-            continue;
+            goto error;
         }
-        if (PyUnicode_Check(attr)
-            && PyDict_SetItemString(dict, copied[i], attr) < 0) {
-            goto done;
+        int rc = PyUnicode_Check(attr)
+                 ? PyObject_SetAttrString(carrier, copied[i], attr) : 0;
+        Py_DECREF(attr);
+        if (rc < 0) {
+            goto error;
         }
-        Py_CLEAR(attr);
     }
-    const char *name = strrchr(cls->tp_name, '.');
-    name = name != NULL ? name + 1 : cls->tp_name;
-    carrier = PyObject_CallFunction((PyObject *)Py_TYPE(cls), "s(O)O",
-                                    name, (PyObject *)cls, dict);
-done:
-    Py_XDECREF(attr);
-    Py_XDECREF(dict);
-    Py_XDECREF(sm);
-    Py_XDECREF(fn);
     return carrier;
+
+error:
+    Py_DECREF(carrier);
+    return NULL;
 }
 
 /* Parses a thread identifier: a non-negative int. */
@@ -852,29 +1586,306 @@ parse_ident(PyObject *obj, unsigned long *ident)
     return 0;
 }
 
-/* Turns what the caller passed into what PyThreadState_SetAsyncExc takes:
- * NULL (clear), a BaseException subclass, or a carrier for an instance.
- * Returns 0 and sets *out (new reference or NULL), or -1 with TypeError. */
-static int
-prepare_exception(PyObject *exc, PyObject **out)
+/* Turns an exception class or instance into an instance (new reference);
+ * NULL with TypeError for anything else. A class is called with no
+ * arguments here, in the sender, so that a class that needs arguments
+ * fails where it can be reported. */
+static PyObject *
+exception_instance(PyObject *exc)
 {
-    if (exc == Py_None) {
-        *out = NULL;
-        return 0;
+    if (PyExceptionInstance_Check(exc)) {
+        return Py_NewRef(exc);
     }
     if (PyExceptionClass_Check(exc)) {
-        *out = Py_NewRef(exc);
-        return 0;
-    }
-    if (PyExceptionInstance_Check(exc)) {
-        *out = make_carrier(exc);
-        return *out == NULL ? -1 : 0;
+        PyObject *inst = PyObject_CallNoArgs(exc);
+        if (inst != NULL && !PyExceptionInstance_Check(inst)) {
+            PyErr_Format(PyExc_TypeError,
+                         "calling %R should have returned an instance of "
+                         "BaseException, not %.200s",
+                         exc, Py_TYPE(inst)->tp_name);
+            Py_CLEAR(inst);
+        }
+        return inst;
     }
     PyErr_Format(PyExc_TypeError,
                  "exception must be a BaseException subclass or instance, "
-                 "or None to clear, not %.200s", Py_TYPE(exc)->tp_name);
-    return -1;
+                 "not %.200s", Py_TYPE(exc)->tp_name);
+    return NULL;
 }
+
+/* Hands `instance` to the target's interpreter loop. GIL held; no Python
+ * code runs between the caller's checks and this. Returns the number of
+ * thread states that took it (0 or 1), or -1 with SystemError set. */
+static int
+set_async(unsigned long ident, PyObject *carrier)
+{
+    int n = PyThreadState_SetAsyncExc(ident, carrier);
+    if (n > 1) {
+        /* Two thread states with one ident: cannot happen in a sane
+         * interpreter. Undo, so that no thread gets it. */
+        PyThreadState_SetAsyncExc(ident, NULL);
+        PyErr_Format(PyExc_SystemError,
+                     "%d threads have ident %lu; the exception was "
+                     "withdrawn", n, ident);
+        return -1;
+    }
+    return n;
+}
+
+static int
+record_in_scope(recordobject *rec, unsigned long long scope)
+{
+    for (Py_ssize_t i = 0; i < rec->nscopes; i++) {
+        if (rec->scopes[i] == scope) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ident", "exc", "generation", "scope", NULL};
+    xthread_state *state = get_xthread_state(module);
+    PyObject *ident_obj, *exc;
+    unsigned long long generation = 0, scope = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|KK:_deliver", kwlist,
+                                     &ident_obj, &exc, &generation, &scope)) {
+        return NULL;
+    }
+    unsigned long ident;
+    if (parse_ident(ident_obj, &ident) < 0) {
+        return NULL;
+    }
+    PyObject *instance = exception_instance(exc);
+    if (instance == NULL) {
+        return NULL;
+    }
+    PyObject *result = NULL, *carrier = NULL;
+    recordobject *rec = registry_find(&state->registry, ident);
+    Py_XINCREF(rec);
+    unsigned long long token = ++state->next_token;
+    carrier = make_carrier(instance, rec, token);
+    if (carrier == NULL) {
+        goto done;
+    }
+    /* From here to set_async no Python code runs: the checks and the
+     * delivery are one step under the GIL. */
+    if (rec != registry_find(&state->registry, ident)
+        || (generation != 0 && (rec == NULL || rec->generation != generation))
+        || (scope != 0 && (rec == NULL || !record_in_scope(rec, scope)))) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    if (rec != NULL && rec->shield_depth > 0) {
+        if (rec->deferred == NULL) {
+            rec->deferred = Py_NewRef(instance);
+            rec->deferred_scope = scope;
+        }
+        rec->sent_at_us = monotonic_us();
+        result = Py_NewRef(Py_True);
+        goto done;
+    }
+    int n = set_async(ident, carrier);
+    if (n < 0) {
+        goto done;
+    }
+    if (n == 1 && rec != NULL) {
+        Py_XSETREF(rec->outstanding, Py_NewRef(instance));
+        rec->outstanding_scope = scope;
+        rec->outstanding_token = token;
+        rec->sent_at_us = monotonic_us();
+        rec->landed_at_us = 0;
+        if (rec->parked) {
+            unpark(rec);
+        }
+    }
+    result = PyBool_FromLong(n == 1);
+done:
+    Py_XDECREF(carrier);
+    Py_XDECREF(rec);
+    Py_DECREF(instance);
+    return result;
+}
+
+PyDoc_STRVAR(deliver_doc,
+"_deliver($module, /, ident, exc, generation=0, scope=0)\n--\n\n"
+"Send exc (class or instance) to the thread with this ident, the one\n"
+"delivery path of xthread. Returns whether a thread took it. With a\n"
+"generation, only the thread of that generation takes it (idents are\n"
+"reused); with a scope, only while the thread is in that scope. A\n"
+"shielded thread keeps it until its shields exit; a thread in a killable\n"
+"wait wakes and raises it at once; otherwise the interpreter raises it at\n"
+"the thread's next bytecode boundary.");
+
+static PyObject *
+xthread_record(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    recordobject *rec = current_record(get_xthread_state(module));
+    return Py_XNewRef((PyObject *)rec);
+}
+
+static PyObject *
+xthread_find_record(PyObject *module, PyObject *ident_obj)
+{
+    unsigned long ident;
+    if (parse_ident(ident_obj, &ident) < 0) {
+        return NULL;
+    }
+    recordobject *rec = registry_find(&get_xthread_state(module)->registry,
+                                      ident);
+    if (rec == NULL) {
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef((PyObject *)rec);
+}
+
+static PyObject *
+xthread_scope_enter(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    xthread_state *state = get_xthread_state(module);
+    recordobject *rec = current_record(state);
+    if (rec == NULL) {
+        return NULL;
+    }
+    if (rec->nscopes == rec->scopes_cap) {
+        Py_ssize_t cap = rec->scopes_cap ? rec->scopes_cap * 2 : 4;
+        unsigned long long *grown = PyMem_RawRealloc(
+            rec->scopes, (size_t)cap * sizeof(unsigned long long));
+        if (grown == NULL) {
+            return PyErr_NoMemory();
+        }
+        rec->scopes = grown;
+        rec->scopes_cap = cap;
+    }
+    unsigned long long scope = ++state->next_token;
+    rec->scopes[rec->nscopes++] = scope;
+    return PyLong_FromUnsignedLongLong(scope);
+}
+
+static PyObject *
+xthread_scope_exit(PyObject *module, PyObject *arg)
+{
+    unsigned long long scope = PyLong_AsUnsignedLongLong(arg);
+    if (scope == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    recordobject *rec = current_record(get_xthread_state(module));
+    if (rec == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = rec->nscopes - 1; i >= 0; i--) {
+        if (rec->scopes[i] == scope) {
+            memmove(&rec->scopes[i], &rec->scopes[i + 1],
+                    (size_t)(rec->nscopes - i - 1) * sizeof(scope));
+            rec->nscopes--;
+            break;
+        }
+    }
+    /* What was sent for this scope and has not landed never will. */
+    if (rec->outstanding != NULL && rec->outstanding_scope == scope) {
+        record_withdraw(rec);
+    }
+    if (rec->deferred != NULL && rec->deferred_scope == scope) {
+        Py_CLEAR(rec->deferred);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+xthread_shield_enter(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    recordobject *rec = current_record(get_xthread_state(module));
+    if (rec == NULL) {
+        return NULL;
+    }
+    rec->shield_depth++;
+    /* Sent just before the shield and not landed yet: hold it back too. */
+    if (rec->outstanding != NULL) {
+        if (rec->deferred == NULL) {
+            rec->deferred = Py_NewRef(rec->outstanding);
+            rec->deferred_scope = rec->outstanding_scope;
+        }
+        record_withdraw(rec);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+xthread_shield_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    recordobject *rec = current_record(get_xthread_state(module));
+    if (rec == NULL) {
+        return NULL;
+    }
+    if (rec->shield_depth <= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "shield exited more than entered");
+        return NULL;
+    }
+    if (--rec->shield_depth == 0 && rec->deferred != NULL) {
+        PyObject *exc = rec->deferred;
+        rec->deferred = NULL;
+        rec->landed_at_us = monotonic_us();
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Parses a wait's timeout in seconds (None: no limit) into microseconds
+ * (-1: no limit). */
+static int
+parse_timeout(PyObject *obj, long long *timeout_us)
+{
+    if (obj == Py_None) {
+        *timeout_us = -1;
+        return 0;
+    }
+    double t;
+    if (seconds_from_object(obj, &t) < 0) {
+        return -1;
+    }
+    if (isnan(t) || t < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "timeout must be a non-negative number");
+        return -1;
+    }
+    if (t > timeout_max_seconds()) {
+        PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
+        return -1;
+    }
+    *timeout_us = (long long)ceil(t * 1e6);
+    return 0;
+}
+
+static PyObject *
+xthread_sleep(PyObject *module, PyObject *arg)
+{
+    long long timeout_us;
+    if (parse_timeout(arg, &timeout_us) < 0) {
+        return NULL;
+    }
+    xthread_state *state = get_xthread_state(module);
+    wait_status st = park_for(state, timeout_us);
+    if (st == WAIT_ERROR) {
+        return NULL;
+    }
+    if (st == WAIT_INTERRUPTED) {
+        return raise_outstanding(current_record(state));
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(sleep_doc,
+"sleep($module, seconds, /)\n--\n\n"
+"Sleep for the given number of seconds (None: until interrupted). Unlike\n"
+"time.sleep, an exception sent to this thread through xthread ends the\n"
+"sleep at once and is raised here.");
+
+
+// set_async_exc
 
 static PyObject *
 xthread_set_async_exc(PyObject *Py_UNUSED(module), PyObject *args)
@@ -887,22 +1898,26 @@ xthread_set_async_exc(PyObject *Py_UNUSED(module), PyObject *args)
     if (parse_ident(ident_obj, &ident) < 0) {
         return NULL;
     }
-    PyObject *to_send;
-    if (prepare_exception(exc, &to_send) < 0) {
+    PyObject *to_send = NULL;
+    if (PyExceptionInstance_Check(exc)) {
+        to_send = make_carrier(exc, NULL, 0);
+        if (to_send == NULL) {
+            return NULL;
+        }
+    }
+    else if (PyExceptionClass_Check(exc)) {
+        to_send = Py_NewRef(exc);
+    }
+    else if (exc != Py_None) {
+        PyErr_Format(PyExc_TypeError,
+                     "exception must be a BaseException subclass or "
+                     "instance, or None to clear, not %.200s",
+                     Py_TYPE(exc)->tp_name);
         return NULL;
     }
-    int n = PyThreadState_SetAsyncExc(ident, to_send);
+    int n = set_async(ident, to_send);
     Py_XDECREF(to_send);
-    if (n > 1) {
-        /* Two thread states with one ident: cannot happen in a sane
-         * interpreter. Undo, so that no thread gets it. */
-        PyThreadState_SetAsyncExc(ident, NULL);
-        PyErr_Format(PyExc_SystemError,
-                     "set_async_exc: %d threads have ident %lu; undone",
-                     n, ident);
-        return NULL;
-    }
-    return PyLong_FromLong(n);
+    return n < 0 ? NULL : PyLong_FromLong(n);
 }
 
 PyDoc_STRVAR(set_async_exc_doc,
@@ -952,7 +1967,7 @@ PyDoc_STRVAR(get_native_id_doc,
 static PyObject *
 xthread_count(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromSsize_t(get_xthread_state(module)->count);
+    return PyLong_FromSsize_t(*xthread_count_ref(get_xthread_state(module)));
 }
 
 PyDoc_STRVAR(count_doc,
@@ -1001,83 +2016,90 @@ PyDoc_STRVAR(exit_doc,
 "exit($module, /)\n--\n\n"
 "Raise SystemExit, which ends the current thread silently.");
 
-/* After fork(), only the forking thread exists in the child. */
-static PyObject *
-xthread_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
-{
-    get_xthread_state(module)->count = current_boot != NULL ? 1 : 0;
-    Py_RETURN_NONE;
-}
+PyDoc_STRVAR(start_new_doc,
+"start_new($module, function, args, kwargs=None, /)\n--\n\n"
+"An obsolete synonym of start_new_thread().");
+
+PyDoc_STRVAR(allocate_doc,
+"allocate($module, /)\n--\n\n"
+"An obsolete synonym of allocate_lock().");
+
+PyDoc_STRVAR(exit_thread_doc,
+"exit_thread($module, /)\n--\n\n"
+"An obsolete synonym of exit().");
 
 static PyMethodDef xthread_methods[] = {
     {"start_new_thread", xthread_start_new_thread, METH_VARARGS,
      start_new_thread_doc},
-    {"start_new", xthread_start_new_thread, METH_VARARGS,
-     start_new_thread_doc},
+    {"start_new", xthread_start_new_thread, METH_VARARGS, start_new_doc},
     {"_start_joinable_thread", xthread_start_joinable_thread, METH_VARARGS,
      start_joinable_thread_doc},
     {"allocate_lock", xthread_allocate_lock, METH_NOARGS, allocate_lock_doc},
-    {"allocate", xthread_allocate_lock, METH_NOARGS, allocate_lock_doc},
+    {"allocate", xthread_allocate_lock, METH_NOARGS, allocate_doc},
     {"_set_sentinel", xthread_set_sentinel, METH_NOARGS, set_sentinel_doc},
     {"set_async_exc", xthread_set_async_exc, METH_VARARGS,
      set_async_exc_doc},
+    {"_deliver", (PyCFunction)(void (*)(void))xthread_deliver,
+     METH_VARARGS | METH_KEYWORDS, deliver_doc},
+    {"_record", xthread_record, METH_NOARGS,
+     "_record($module, /)\n--\n\nThe calling thread's record."},
+    {"_find_record", xthread_find_record, METH_O,
+     "_find_record($module, ident, /)\n--\n\n"
+     "The record of the live thread with this ident, or None."},
+    {"_scope_enter", xthread_scope_enter, METH_NOARGS,
+     "_scope_enter($module, /)\n--\n\n"
+     "Open a delivery scope in this thread; return its token."},
+    {"_scope_exit", xthread_scope_exit, METH_O,
+     "_scope_exit($module, scope, /)\n--\n\n"
+     "Close a scope: what was sent for it and has not landed is withdrawn."},
+    {"_shield_enter", xthread_shield_enter, METH_NOARGS,
+     "_shield_enter($module, /)\n--\n\n"
+     "Hold back exceptions sent through xthread until the shield exits."},
+    {"_shield_exit", xthread_shield_exit, METH_NOARGS,
+     "_shield_exit($module, /)\n--\n\n"
+     "Leave a shield; at the outermost, raise what was held back."},
+    {"sleep", xthread_sleep, METH_O, sleep_doc},
     {"get_ident", xthread_get_ident, METH_NOARGS, get_ident_doc},
     {"get_native_id", xthread_get_native_id, METH_NOARGS, get_native_id_doc},
     {"_count", xthread_count, METH_NOARGS, count_doc},
     {"stack_size", xthread_stack_size, METH_VARARGS, stack_size_doc},
     {"exit", xthread_exit, METH_NOARGS, exit_doc},
-    {"exit_thread", xthread_exit, METH_NOARGS, exit_doc},
-    {"_after_fork_child", xthread_after_fork_child, METH_NOARGS, NULL},
+    {"exit_thread", xthread_exit, METH_NOARGS, exit_thread_doc},
     {NULL, NULL, 0, NULL}
 };
 
 
 // Module init
 
-/* Registers _after_fork_child with os.register_at_fork, so that _count is
- * right in a forked child. */
-static int
-register_fork_hook(PyObject *module)
-{
-    int rc = -1;
-    PyObject *os = NULL, *reg = NULL, *hook = NULL, *kwargs = NULL, *res = NULL;
-    os = PyImport_ImportModule("os");
-    if (os == NULL) {
-        goto done;
-    }
-    reg = PyObject_GetAttrString(os, "register_at_fork");
-    if (reg == NULL) {
-        goto done;
-    }
-    hook = PyObject_GetAttrString(module, "_after_fork_child");
-    if (hook == NULL) {
-        goto done;
-    }
-    kwargs = Py_BuildValue("{sO}", "after_in_child", hook);
-    if (kwargs == NULL) {
-        goto done;
-    }
-    PyObject *empty = PyTuple_New(0);
-    if (empty == NULL) {
-        goto done;
-    }
-    res = PyObject_Call(reg, empty, kwargs);
-    Py_DECREF(empty);
-    rc = res == NULL ? -1 : 0;
-done:
-    Py_XDECREF(res);
-    Py_XDECREF(kwargs);
-    Py_XDECREF(hook);
-    Py_XDECREF(reg);
-    Py_XDECREF(os);
-    return rc;
-}
-
 static int
 xthread_exec(PyObject *module)
 {
     xthread_state *state = get_xthread_state(module);
     state->count = 0;
+    state->pid = getpid();
+    state->next_generation = 0;
+    state->next_token = 0;
+    state->registry.head = NULL;
+    state->registry.mutex = PyThread_allocate_lock();
+    if (state->registry.mutex == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    state->record_key = PyUnicode_InternFromString("_xthread.record");
+    if (state->record_key == NULL) {
+        return -1;
+    }
+
+    // Thread records
+    state->record_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &record_type_spec, NULL);
+    if (state->record_type == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(module, "ThreadRecord",
+                              (PyObject *)state->record_type) < 0) {
+        return -1;
+    }
 
     // Lock
     state->lock_type = (PyTypeObject *)PyType_FromModuleAndSpec(
@@ -1107,7 +2129,7 @@ xthread_exec(PyObject *module)
     if (rc < 0) {
         return -1;
     }
-    return register_fork_hook(module);
+    return 0;
 }
 
 static int
@@ -1115,6 +2137,7 @@ xthread_traverse(PyObject *module, visitproc visit, void *arg)
 {
     xthread_state *state = get_xthread_state(module);
     Py_VISIT(state->lock_type);
+    Py_VISIT(state->record_type);
     return 0;
 }
 
@@ -1123,6 +2146,8 @@ xthread_clear(PyObject *module)
 {
     xthread_state *state = get_xthread_state(module);
     Py_CLEAR(state->lock_type);
+    Py_CLEAR(state->record_type);
+    Py_CLEAR(state->record_key);
     return 0;
 }
 
@@ -1130,6 +2155,22 @@ static void
 xthread_free(void *module)
 {
     xthread_clear((PyObject *)module);
+    /* Records still alive (threads still running) keep a pointer to the
+     * registry: detach them before its mutex goes. */
+    xthread_state *state = get_xthread_state((PyObject *)module);
+    if (state->registry.mutex != NULL) {
+        PyThread_acquire_lock(state->registry.mutex, WAIT_LOCK);
+        for (struct recordobject *r = state->registry.head; r != NULL;) {
+            struct recordobject *next = r->next;
+            r->registry = NULL;
+            r->prev = r->next = NULL;
+            r = next;
+        }
+        state->registry.head = NULL;
+        PyThread_release_lock(state->registry.mutex);
+        PyThread_free_lock(state->registry.mutex);
+        state->registry.mutex = NULL;
+    }
 }
 
 static PyModuleDef_Slot xthread_slots[] = {

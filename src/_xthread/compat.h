@@ -61,15 +61,50 @@ PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
 #  define Py_IsFinalizing() _Py_IsFinalizing()
 #endif
 
-/* PyErr_FormatUnraisable: added in 3.13 (gh-108082). 3.9-3.12 export the
- * older _PyErr_WriteUnraisableMsg, which prefixes "Exception ignored " and
- * appends ": <obj>"; both reach sys.unraisablehook with the same object. */
+/* PyErr_FormatUnraisable: added in 3.13 (gh-108082); 3.9-3.12 export the
+ * older _PyErr_WriteUnraisableMsg. As CPython's own _thread on each
+ * version: 3.9-3.12 pass `obj` as the hook's `object` (err_msg
+ * "Exception ignored <msg>"); 3.13+ put its repr into err_msg and pass
+ * object=None ("Exception ignored <msg> <repr>"). */
 #if PY_VERSION_HEX >= 0x030D00A1
 #  define XTHREAD_WRITE_UNRAISABLE(msg, obj) \
-       PyErr_FormatUnraisable("Exception ignored " msg ": %R", (obj))
+       PyErr_FormatUnraisable("Exception ignored " msg " %R", (obj))
 #else
 #  define XTHREAD_WRITE_UNRAISABLE(msg, obj) \
        _PyErr_WriteUnraisableMsg(msg, (obj))
+#endif
+
+/* The class an exception instance travels in (see make_carrier).
+ * 3.9-3.11 keep the carrier as the raised type until a handler normalizes
+ * it, and `except` clauses test that type, so the carrier must subclass
+ * the instance's class. 3.12+ normalize at once and take the type from the
+ * instance (_PyErr_SetObject), so a private BaseException subclass carries
+ * any instance; 3.12 deprecates and 3.14 rejects PyType_FromSpec bases
+ * whose metaclass has its own tp_new (abc.ABCMeta), so no user class is
+ * subclassed there at all. */
+#if PY_VERSION_HEX >= 0x030C0000
+#  define XTHREAD_CARRIER_SUBCLASSES 0
+#  define XTHREAD_CARRIER_BASE(cls) (PyExc_BaseException)
+#else
+#  define XTHREAD_CARRIER_SUBCLASSES 1
+#  define XTHREAD_CARRIER_BASE(cls) ((PyObject *)(cls))
+#endif
+
+/* An instance sent in a carrier that no handler caught is still reported
+ * with the carrier as its type on 3.9-3.11: normalize, and report the
+ * instance's own class. The pending exception stays set. */
+#if PY_VERSION_HEX < 0x030C0000
+#  define XTHREAD_REPORT_OWN_CLASS() do { \
+       PyObject *type_, *value_, *tb_; \
+       PyErr_Fetch(&type_, &value_, &tb_); \
+       PyErr_NormalizeException(&type_, &value_, &tb_); \
+       if (value_ != NULL && PyExceptionInstance_Check(value_)) { \
+           Py_SETREF(type_, Py_NewRef(PyExceptionInstance_Class(value_))); \
+       } \
+       PyErr_Restore(type_, value_, tb_); \
+   } while (0)
+#else
+#  define XTHREAD_REPORT_OWN_CLASS() ((void)0)
 #endif
 
 /* PY_TIMEOUT_MAX: a macro up to 3.12, a const variable from 3.13

@@ -1,0 +1,124 @@
+"""Type stubs for _xthread, xthread's C core: CPython's _thread machinery
+rebuilt on the public thread-state API."""
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, NoReturn, final
+
+error = RuntimeError
+
+TIMEOUT_MAX: float
+
+@final
+class LockType:
+    """A lock: allocate_lock(), LockType() and lock() make an unlocked
+    one. Not subclassable; any thread may release it."""
+
+    def __new__(cls) -> LockType: ...
+    def acquire(
+        self, /, blocking: bool = True, timeout: float = -1
+    ) -> bool: ...
+    def acquire_lock(
+        self, /, blocking: bool = True, timeout: float = -1
+    ) -> bool: ...
+    def release(self, /) -> None: ...
+    def release_lock(self, /) -> None: ...
+    def locked(self, /) -> bool: ...
+    def locked_lock(self, /) -> bool: ...
+    def __enter__(self, /) -> bool: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> None: ...
+    def _at_fork_reinit(self, /) -> None: ...
+
+lock = LockType
+
+def start_new_thread(
+    function: Callable[..., object],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+    /,
+) -> int:
+    """Start function(*args, **kwargs) in a new thread; return its ident."""
+
+def start_new(
+    function: Callable[..., object],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+    /,
+) -> int:
+    """An alias of start_new_thread()."""
+
+def _start_joinable_thread(
+    function: Callable[..., object],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+    sentinel: LockType | None = None,
+    /,
+) -> tuple[int, int, LockType, int]:
+    """Start a thread; return (ident, native_id, sentinel, generation), the
+    sentinel (new, or the held lock given) being a held lock released once
+    the thread's state is deleted, the generation telling this thread from
+    a later one with the same ident."""
+
+def allocate_lock() -> LockType: ...
+def allocate() -> LockType: ...
+def _set_sentinel() -> LockType:
+    """A lock released when the calling thread (started by _xthread) ends;
+    RuntimeError in any other thread."""
+
+def set_async_exc(
+    ident: int, exc: type[BaseException] | BaseException | None, /
+) -> int:
+    """Raise exc in thread ident at its next bytecode (None withdraws a
+    pending one); return how many threads took it (0 or 1)."""
+
+def get_ident() -> int: ...
+def get_native_id() -> int: ...
+def _count() -> int: ...
+def stack_size(size: int = 0, /) -> int: ...
+def exit() -> NoReturn: ...
+def exit_thread() -> NoReturn: ...
+def _after_fork_child() -> None: ...
+
+
+# The stopping machinery: one delivery path, with thread records, scopes
+# and shields, and killable waits.
+
+@final
+class ThreadRecord:
+    """What xthread knows of one thread."""
+
+    @property
+    def ident(self) -> int: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def sent_at(self) -> float | None: ...
+    @property
+    def landed_at(self) -> float | None: ...
+    @property
+    def parked(self) -> bool: ...
+    @property
+    def shield_depth(self) -> int: ...
+    @property
+    def pending(self) -> bool: ...
+
+def _deliver(
+    ident: int,
+    exc: BaseException | type[BaseException],
+    generation: int = 0,
+    scope: int = 0,
+) -> bool: ...
+def _record() -> ThreadRecord: ...
+def _find_record(ident: int, /) -> ThreadRecord | None: ...
+def _scope_enter() -> int: ...
+def _scope_exit(scope: int, /) -> None: ...
+def _shield_enter() -> None: ...
+def _shield_exit() -> None: ...
+def sleep(seconds: float | None, /) -> None:
+    """Sleep, killable: an exception sent through xthread ends it."""
