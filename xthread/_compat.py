@@ -22,9 +22,12 @@ Read and written:
 * ``_register_atexit`` and ``_SHUTTING_DOWN``: joining non-daemon threads
   at the point stdlib joins its own (``threading._shutdown`` runs these
   callbacks before it joins, 3.9+), and refusing to start a thread once
-  shutdown has begun on 3.12+, as stdlib does.
+  shutdown has begun on 3.12.0-3.12.2, as stdlib does there.
 
 Answered (methods that ``threading`` calls on the objects in ``_active``):
+
+* ``threading.excepthook`` (3.8+) reads ``args.thread._stderr`` when
+  ``sys.stderr`` is None: the stderr current when the thread was created.
 
 * 3.9-3.12 ``_after_fork``: ``_reset_internal_locks(is_alive)``, ``_stop()``
   and an assignment to ``_ident``.
@@ -33,7 +36,9 @@ Answered (methods that ``threading`` calls on the objects in ``_active``):
   ``threading._main_thread`` in the child, and ``threading._shutdown`` at
   the child's exit reads ``_is_stopped`` / ``_tstate_lock`` / ``_stop()``
   (3.9-3.12) or ``_handle.is_done()`` / ``_handle._set_done()`` (3.13).
-  ``become_main_thread`` gives the object exactly those, only then.
+  ``become_main_thread`` gives the object exactly those, only then;
+  ``stopped`` keeps ``_is_stopped`` right (``threading._main_thread`` is
+  read to tell).
 """
 import sys
 import threading
@@ -84,24 +89,30 @@ def shutting_down():
     return threading._SHUTTING_DOWN
 
 
-# 3.12 made starting a thread during shutdown an error; xthread follows the
-# running version.
-REFUSE_START_AT_SHUTDOWN = PY312
+# 3.12.0 made starting a thread once shutdown has begun an error
+# (gh-104690: in atexit callbacks, in threads while exit joins them);
+# 3.12.3 and 3.13 start it again until finalization proper (gh-113964),
+# when the C module refuses on its own. xthread follows the running version.
+REFUSE_START_AT_SHUTDOWN = (3, 12) <= sys.version_info[:3] < (3, 12, 3)
 
 
 class _DoneHandle:
     """What 3.13's ``threading._shutdown`` asks of ``_main_thread._handle``."""
 
-    __slots__ = ("_done",)
+    __slots__ = ("_done", "_thread")
 
-    def __init__(self):
+    def __init__(self, thread):
         self._done = False
+        self._thread = thread
 
     def is_done(self):
         return self._done
 
     def _set_done(self):
+        # threading._shutdown() marks the main thread done: from then on
+        # is_alive() is False, as for stdlib's main thread.
         self._done = True
+        self._thread._xthread_mark_stopped()
 
 
 def become_main_thread(thread):
@@ -110,9 +121,17 @@ def become_main_thread(thread):
     thread was ``thread``. Only then: a user subclass may use these names
     for its own purposes, and on every other object they stay unset."""
     if PY313:
-        thread._handle = _DoneHandle()
+        thread._handle = _DoneHandle(thread)
     else:
         lock = _xthread.allocate_lock()
         lock.acquire()
         thread._tstate_lock = lock
         thread._is_stopped = False
+
+
+def stopped(thread):
+    """3.9-3.12: ``thread._stop()`` was called. ``threading._shutdown``
+    reads ``_main_thread._is_stopped`` to run only once: keep it true for a
+    thread that became the main thread (``become_main_thread``)."""
+    if thread is threading._main_thread:
+        thread._is_stopped = True
