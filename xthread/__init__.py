@@ -6,9 +6,21 @@ are done in C.
 """
 import _xthread
 
+from ._stop import (KillResult, ThreadKilled, TimeLimitExceeded,
+                    raise_in_thread, shield, time_limit)
+from ._sync import (BoundedSemaphore, Condition, Event, LifoQueue, Lock,
+                    PriorityQueue, Queue, RLock, Semaphore, sleep)
 from ._thread import Thread
 
-__all__ = ["Thread", "get_ident", "get_native_id"]
+__version__ = "0.1.0"
+
+__all__ = [
+    "Thread", "get_ident", "get_native_id",
+    "ThreadKilled", "TimeLimitExceeded", "KillResult", "raise_in_thread",
+    "shield", "time_limit",
+    "sleep", "Lock", "RLock", "Condition", "Event", "Semaphore",
+    "BoundedSemaphore", "Queue", "LifoQueue", "PriorityQueue",
+]
 
 get_ident = _xthread.get_ident
 get_native_id = _xthread.get_native_id

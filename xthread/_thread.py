@@ -18,16 +18,22 @@ the private names of ``threading.Thread`` on any version (3.13 added
 """
 import os as _os
 import sys as _sys
+import time as _time
+import weakref as _weakref
 
 import threading as _threading
 
 import _xthread
 
-from . import _compat
+from . import _compat, _stop
 
 __all__ = ["Thread"]
 
 _start_joinable_thread = _xthread._start_joinable_thread
+_allocate_lock = _xthread.allocate_lock
+_deliver = _xthread._deliver
+_find_record = _xthread._find_record
+_monotonic = _time.monotonic
 _get_ident = _xthread.get_ident
 _active = _compat.active
 _limbo = _compat.limbo
@@ -68,6 +74,13 @@ def _join_non_daemon_threads():
             sentinel.release()
 
 
+# Every started thread, for the fork handler: a thread that has left
+# threading._active but whose thread state still exists (its C teardown is
+# under way) is not listed by threading, whose own fork handler then
+# misses it.
+_started_threads = _weakref.WeakSet()
+
+
 def _after_fork_in_child():
     # The threads whose sentinels are listed do not exist in the child;
     # the forking thread is the child's main thread, which exit does not
@@ -75,6 +88,13 @@ def _after_fork_in_child():
     global _shutdown_lock
     _shutdown_lock = _xthread.allocate_lock()
     _shutdown_sentinels.clear()
+    # Runs after threading's handler (registered first, at its import),
+    # which has left only the forking thread in _active. Any other thread
+    # is gone, its sentinel held for ever: mark it stopped.
+    current = _active.get(_get_ident())
+    for thread in list(_started_threads):
+        if thread is not current:
+            thread._xthread_after_fork(False)
 
 
 _compat.register_atexit(_join_non_daemon_threads)
@@ -98,6 +118,7 @@ class Thread(_threading.Thread):
         "_xthread_target", "_xthread_args", "_xthread_kwargs",
         "_xthread_name", "_xthread_daemonic", "_xthread_ident",
         "_xthread_native_id", "_xthread_sentinel", "_xthread_state",
+        "_xthread_stderr", "_xthread_generation",
     )
 
     @property
@@ -120,11 +141,19 @@ class Thread(_threading.Thread):
         self._xthread_ident = None
         self._xthread_native_id = None
         self._xthread_sentinel = None
+        self._xthread_generation = 0
+        # Where threading.excepthook prints when sys.stderr is None at the
+        # time of the error (see _stderr below).
+        self._xthread_stderr = _sys.stderr
         self._xthread_state = _NEW
 
     def __repr__(self):
         assert self._xthread_initialized, "Thread.__init__() was not called"
         state = self._xthread_state
+        if state == _STARTING and self._xthread_ident is not None:
+            # Running (it set its ident), though start() has not returned
+            # yet in the thread that called it: stdlib says "started".
+            state = _STARTED
         if state == _STARTED and not self.is_alive():
             state = _STOPPED
         status = ("initial", "initial", "started", "stopped")[state]
@@ -151,21 +180,30 @@ class Thread(_threading.Thread):
             raise RuntimeError("can't create new thread at interpreter shutdown")
         # The new thread may run before this call returns: it must find
         # itself started (is_alive(), daemon setter) and listed (enumerate).
+        # The sentinel exists before the thread does, so that a join()
+        # from any thread, even before start() returns, has it to wait on.
+        sentinel = _allocate_lock()
+        sentinel.acquire()
+        self._xthread_sentinel = sentinel
         self._xthread_state = _STARTING
         with _active_limbo_lock():
             _limbo[self] = self
         try:
-            ident, native_id, sentinel = _start_joinable_thread(
-                self._bootstrap, ())
+            ident, native_id, _, generation = _start_joinable_thread(
+                self._bootstrap, (), None, sentinel)
         except BaseException:
             self._xthread_state = _NEW
+            self._xthread_sentinel = None
             with _active_limbo_lock():
                 _limbo.pop(self, None)
             raise
         self._xthread_ident = ident
         self._xthread_native_id = native_id
-        self._xthread_sentinel = sentinel
-        self._xthread_state = _STARTED
+        self._xthread_generation = generation
+        if self._xthread_state == _STARTING:
+            # (A join from another thread may have seen it end already.)
+            self._xthread_state = _STARTED
+        _started_threads.add(self)
         if not self._xthread_daemonic:
             _track_for_shutdown(sentinel)
 
@@ -214,6 +252,9 @@ class Thread(_threading.Thread):
                 _sys.setprofile(profile)
             try:
                 self.run()
+            except _stop.ThreadKilled:
+                # Asked for: the thread ends quietly, as on SystemExit.
+                pass
             except:
                 self._xthread_report_exception()
         finally:
@@ -249,14 +290,14 @@ class Thread(_threading.Thread):
         """
         if not self._xthread_initialized:
             raise RuntimeError("Thread.__init__() not called")
-        if self._xthread_state < _STARTED:
+        # The new thread may run before start() returns in the thread that
+        # called it; it is started from its run() on, for itself and for
+        # any other thread, and its sentinel exists from before it runs.
+        if self._xthread_state == _NEW:
             raise RuntimeError("cannot join thread before it is started")
         if self._xthread_ident == _get_ident():
             raise RuntimeError("cannot join current thread")
-        if timeout is None:
-            self._xthread_wait(True, -1)
-        else:
-            self._xthread_wait(True, max(timeout, 0))
+        self._xthread_wait(True, -1 if timeout is None else max(timeout, 0))
 
     def _xthread_wait(self, block, timeout):
         sentinel = self._xthread_sentinel
@@ -279,13 +320,89 @@ class Thread(_threading.Thread):
         """Whether the thread has started and its thread state still
         exists."""
         assert self._xthread_initialized, "Thread.__init__() not called"
-        state = self._xthread_state
-        if state == _STARTING:
-            return True
-        if state != _STARTED:
+        if self._xthread_state in (_NEW, _STOPPED):
             return False
         self._xthread_wait(False, -1)
-        return self._xthread_state == _STARTED
+        return self._xthread_state != _STOPPED
+
+    # Stopping the thread
+
+    def raise_exc(self, exc):
+        """Raise *exc* (an exception class or instance) in this thread.
+
+        Returns True when the thread took it, False when it has already
+        ended. Only this very thread can take it, never a later one that
+        reuses its ident. It is raised at the thread's next bytecode
+        boundary, or at once in one of xthread's killable waits; a thread
+        blocked in another C call raises it when that call returns. An
+        exception sent while the thread is in ``xthread.shield()`` is held
+        back until the shield exits.
+        """
+        if not self._xthread_initialized:
+            raise RuntimeError("Thread.__init__() not called")
+        if self._xthread_state == _NEW:
+            raise RuntimeError("cannot raise in a thread before it is started")
+        if not self.is_alive():
+            return False
+        return _deliver(self._xthread_ident, exc,
+                        generation=self._xthread_generation)
+
+    def kill(self, timeout=None, *, interval=0.1, attempts=10):
+        """Raise ``xthread.ThreadKilled`` in this thread and wait up to
+        *timeout* seconds (None: no limit) for it to end.
+
+        If the thread catches the exception and carries on, it is sent
+        again every *interval* seconds, at most *attempts* times in all.
+        Returns a ``KillResult``, true when the thread ended, which tells
+        when the exception was sent and landed, how long the thread took
+        to end, and, when it did not, its stack and whether it sits in a C
+        call that no exception can reach.
+        """
+        if not self._xthread_initialized:
+            raise RuntimeError("Thread.__init__() not called")
+        if self._xthread_state == _NEW:
+            raise RuntimeError("cannot kill a thread before it is started")
+        if self._xthread_ident == _get_ident():
+            raise RuntimeError("cannot kill the current thread; raise "
+                               "ThreadKilled instead")
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be non-negative or None")
+        if not interval > 0:
+            raise ValueError("interval must be greater than zero")
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        ident = self._xthread_ident
+        record = _find_record(ident)
+        if record is not None and record.generation != self._xthread_generation:
+            record = None
+        start = _monotonic()
+        deadline = None if timeout is None else start + timeout
+        sent = 0
+        sent_at = None
+        while self.is_alive():
+            if sent < attempts:
+                if _deliver(ident, _stop.ThreadKilled("killed by Thread.kill()"),
+                            generation=self._xthread_generation):
+                    sent += 1
+                    if sent_at is None:
+                        sent_at = _monotonic()
+                wait = interval
+            else:
+                wait = None
+            if deadline is not None:
+                left = deadline - _monotonic()
+                if left <= 0:
+                    break
+                wait = left if wait is None else min(wait, left)
+            self._xthread_wait(True, -1 if wait is None else wait)
+        ended = not self.is_alive()
+        elapsed = _monotonic() - start
+        landed_at = record.landed_at if record is not None else None
+        if ended:
+            return _stop.KillResult(True, sent_at, landed_at, elapsed, sent)
+        stack, in_c_call = _stop._stuck_report(ident)
+        return _stop.KillResult(False, sent_at, landed_at, elapsed, sent,
+                                stack, in_c_call)
 
     # Properties: kept apart from stdlib's private attributes
 
@@ -328,6 +445,18 @@ class Thread(_threading.Thread):
             raise RuntimeError("cannot set daemon status of active thread")
         self._xthread_daemonic = bool(daemonic)
 
+    # What threading.excepthook reads of args.thread when sys.stderr is
+    # None: the stderr that was current when the thread was created.
+    # Settable, as stdlib's plain attribute is.
+
+    @property
+    def _stderr(self):
+        return self._xthread_stderr
+
+    @_stderr.setter
+    def _stderr(self, stderr):
+        self._xthread_stderr = stderr
+
     # What threading._after_fork calls on the objects it lists. Only the
     # forking thread exists in the child; it keeps its sentinel (its C
     # bootstrap goes on there and releases it); every other thread is gone.
@@ -352,3 +481,4 @@ class Thread(_threading.Thread):
             # Also what 3.9-3.12's threading._shutdown calls on
             # _main_thread, when that is this object in a forked child.
             self._xthread_mark_stopped()
+            _compat.stopped(self)

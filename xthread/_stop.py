@@ -1,0 +1,291 @@
+"""Stopping threads: raise_in_thread, shields, time limits, kill reports.
+
+Everything goes through one delivery path, ``_xthread._deliver``, which
+checks under the GIL, in the same C call that hands the exception to the
+interpreter, that the target is the thread meant (its generation: idents
+are reused) and is still inside the block meant (its scope). A pending
+exception is withdrawn when its scope exits; a shield holds exceptions back
+until it exits; a thread in a killable wait wakes at once.
+"""
+import dis as _dis
+import heapq as _heapq
+import itertools as _itertools
+import math as _math
+import os as _os
+import sys as _sys
+import time as _time
+import traceback as _traceback
+
+import _xthread
+
+__all__ = [
+    "ThreadKilled", "TimeLimitExceeded", "KillResult", "raise_in_thread",
+    "shield", "time_limit",
+]
+
+_deliver = _xthread._deliver
+_scope_enter = _xthread._scope_enter
+_scope_exit = _xthread._scope_exit
+_get_ident = _xthread.get_ident
+_monotonic = _time.monotonic
+
+
+class ThreadKilled(BaseException):
+    """Raised in a thread by ``Thread.kill()``. A ``BaseException``, so
+    that ``except Exception`` does not swallow it."""
+
+
+class TimeLimitExceeded(BaseException):
+    """Raised in a thread whose ``time_limit`` ran out. A
+    ``BaseException``, so that ``except Exception`` does not swallow it."""
+
+
+def raise_in_thread(ident, exc):
+    """Raise *exc* (an exception class or instance) in the thread with this
+    ident, any thread of the interpreter, stdlib ones included.
+
+    Returns True when a live thread took it, False when no live thread
+    has this ident. The thread raises it at its next bytecode boundary, or
+    at once if it is in one of xthread's killable waits; a thread blocked
+    in another C call raises it when that call returns. A non-integer ident
+    is TypeError, a negative one ValueError, a non-exception TypeError.
+    """
+    return _deliver(ident, exc)
+
+
+class shield:
+    """``with shield():`` holds back exceptions sent through xthread until
+    the block exits, then raises the first one. Nestable: only the
+    outermost exit raises. Protects cleanup, and lock entry and exit,
+    from being interrupted half-way."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        _xthread._shield_enter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        _xthread._shield_exit()
+        return False
+
+
+# Time limits: one watchdog thread for the whole process, started on first
+# use, sleeping until the earliest deadline in a heap. Entering a limit
+# pushes an entry (and wakes the watchdog only when it is the new
+# earliest); leaving marks it cancelled, to be dropped lazily.
+
+class _Entry:
+    __slots__ = ("deadline", "seq", "ident", "scope", "seconds", "active")
+
+    def __init__(self, deadline, seq, ident, scope, seconds):
+        self.deadline = deadline
+        self.seq = seq
+        self.ident = ident
+        self.scope = scope
+        self.seconds = seconds
+        self.active = True
+
+    def __lt__(self, other):
+        return (self.deadline, self.seq) < (other.deadline, other.seq)
+
+
+class _Watchdog:
+    def __init__(self):
+        self._reset()
+        _os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self):
+        # After fork the thread is gone and the locks may be held by it.
+        self._mutex = _xthread.allocate_lock()
+        self._wake = _xthread.allocate_lock()
+        self._wake.acquire()
+        self._heap = []
+        self._cancelled = 0
+        self._wake_at = _math.inf
+        self._seq = _itertools.count()
+        self._thread = None
+
+    def add(self, seconds):
+        now = _monotonic()
+        entry = _Entry(now + seconds, next(self._seq), _get_ident(),
+                       _scope_enter(), seconds)
+        with self._mutex:
+            _heapq.heappush(self._heap, entry)
+            wake = entry.deadline < self._wake_at
+            if wake:
+                self._wake_at = entry.deadline
+            if self._thread is None:
+                self._start()
+        if wake:
+            self._poke()
+        return entry
+
+    def cancel(self, entry):
+        # First thing: close the scope, so that nothing sent for it from
+        # now on is taken, and what is pending is withdrawn.
+        _scope_exit(entry.scope)
+        entry.active = False
+        self._cancelled += 1
+        if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
+            with self._mutex:
+                self._heap = [e for e in self._heap if e.active]
+                _heapq.heapify(self._heap)
+                self._cancelled = 0
+
+    def _poke(self):
+        try:
+            self._wake.release()
+        except RuntimeError:
+            pass        # already awake
+
+    def _start(self):
+        # Imported here: _thread imports this module.
+        from ._thread import Thread
+        self._thread = Thread(target=self._run, name="xthread-watchdog",
+                              daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            due = []
+            with self._mutex:
+                now = _monotonic()
+                heap = self._heap
+                while heap and (not heap[0].active
+                                or heap[0].deadline <= now):
+                    entry = _heapq.heappop(heap)
+                    if entry.active:
+                        due.append(entry)
+                    else:
+                        self._cancelled = max(0, self._cancelled - 1)
+                self._wake_at = heap[0].deadline if heap else _math.inf
+                wake_at = self._wake_at
+            for entry in due:
+                if entry.active:
+                    exc = TimeLimitExceeded(
+                        "time limit of %g s exceeded" % entry.seconds)
+                    _deliver(entry.ident, exc, scope=entry.scope)
+            if wake_at == _math.inf:
+                self._wake.acquire()
+            else:
+                self._wake.acquire(True, max(0.0, wake_at - _monotonic()))
+
+
+_watchdog = _Watchdog()
+
+
+class time_limit:
+    """Raise ``TimeLimitExceeded`` in the thread running the block once
+    *seconds* have passed; a context manager and a decorator.
+
+    Any thread, the main one included. Limits nest, each raising its own
+    exception; an outer limit still fires when an inner one's exception
+    was caught inside. An exception meant for a block is never raised
+    after it exits. All limits share one watchdog thread.
+    """
+
+    __slots__ = ("seconds", "_entries")
+
+    def __init__(self, seconds):
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError("seconds must be a number, not %s"
+                            % type(seconds).__name__)
+        if not seconds > 0:
+            raise ValueError("seconds must be greater than zero, not %r"
+                             % (seconds,))
+        self.seconds = seconds
+        self._entries = []
+
+    def __enter__(self):
+        self._entries.append(_watchdog.add(self.seconds))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        _watchdog.cancel(self._entries.pop())
+        return False
+
+    def __call__(self, func):
+        import functools
+        seconds = self.seconds
+
+        @functools.wraps(func)
+        def limited(*args, **kwargs):
+            with time_limit(seconds):
+                return func(*args, **kwargs)
+        return limited
+
+    def __repr__(self):
+        return "time_limit(%r)" % (self.seconds,)
+
+
+# Kill reports
+
+_CALL_OPS = frozenset(
+    op for name, op in _dis.opmap.items()
+    if name.startswith("CALL") or name in ("PRECALL", "BEFORE_WITH",
+                                           "SETUP_WITH"))
+
+
+def _in_c_call(frame):
+    """Whether the innermost Python frame of a thread is executing a call
+    that has no Python frame above it: the thread is inside C code (a
+    sleep, a read, a foreign lock) that no exception can interrupt."""
+    code = frame.f_code.co_code
+    i = frame.f_lasti
+    if 0 <= i < len(code):
+        return code[i] in _CALL_OPS
+    return False
+
+
+class KillResult:
+    """What ``Thread.kill()`` found. True when the thread ended.
+
+    ``ended``: whether the thread ended before the timeout.
+    ``sent_at`` / ``landed_at``: ``time.monotonic()`` when the exception
+    was (first) sent and when it was raised in the thread (None: never).
+    ``elapsed``: seconds from the first send to the thread's end (or to
+    the timeout). ``attempts``: how many times it was sent.
+    ``stack``: the thread's Python stack when it did not end (a list of
+    strings as ``traceback.format_stack``), else None.
+    ``in_c_call``: whether the thread, not ended, sits inside a C call that
+    no exception can interrupt (``time.sleep``, a socket read, a lock of
+    another library).
+    """
+
+    __slots__ = ("ended", "sent_at", "landed_at", "elapsed", "attempts",
+                 "stack", "in_c_call")
+
+    def __init__(self, ended, sent_at, landed_at, elapsed, attempts,
+                 stack=None, in_c_call=False):
+        self.ended = ended
+        self.sent_at = sent_at
+        self.landed_at = landed_at
+        self.elapsed = elapsed
+        self.attempts = attempts
+        self.stack = stack
+        self.in_c_call = in_c_call
+
+    def __bool__(self):
+        return self.ended
+
+    def __repr__(self):
+        if self.ended:
+            return "<KillResult ended after %.1f ms, %d attempt(s)>" % (
+                (self.elapsed or 0) * 1e3, self.attempts)
+        where = ""
+        if self.stack:
+            where = " at " + self.stack[-1].strip().splitlines()[0]
+        return "<KillResult not ended after %.1f ms, %d attempt(s)%s%s>" % (
+            (self.elapsed or 0) * 1e3, self.attempts,
+            ", inside a C call" if self.in_c_call else "", where)
+
+
+def _stuck_report(ident):
+    frame = _sys._current_frames().get(ident)
+    if frame is None:
+        return None, False
+    try:
+        return _traceback.format_stack(frame), _in_c_call(frame)
+    finally:
+        del frame
