@@ -47,7 +47,7 @@ def test_spec_names_present():
 # killable waits) adds: one delivery path with records, scopes and shields.
 STOP_NAMES = {
     "ThreadRecord", "_deliver", "_record", "_find_record", "_scope_enter",
-    "_scope_exit", "_shield_enter", "_shield_exit", "sleep",
+    "_scope_exit", "_shield_enter", "_shield_exit", "sleep", "Scoped",
 }
 
 

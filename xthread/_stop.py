@@ -24,8 +24,6 @@ __all__ = [
 ]
 
 _deliver = _xthread._deliver
-_scope_enter = _xthread._scope_enter
-_scope_exit = _xthread._scope_exit
 _get_ident = _xthread.get_ident
 _monotonic = _time.monotonic
 
@@ -86,9 +84,6 @@ class _Entry:
         self.seconds = seconds
         self.active = True
 
-    def __lt__(self, other):
-        return (self.deadline, self.seq) < (other.deadline, other.seq)
-
 
 class _Watchdog:
     def __init__(self):
@@ -106,12 +101,13 @@ class _Watchdog:
         self._seq = _itertools.count()
         self._thread = None
 
-    def add(self, seconds):
+    def add(self, seconds, scope):
         now = _monotonic()
-        entry = _Entry(now + seconds, next(self._seq), _get_ident(),
-                       _scope_enter(), seconds)
+        entry = _Entry(now + seconds, next(self._seq), _get_ident(), scope,
+                       seconds)
         with self._mutex:
-            _heapq.heappush(self._heap, entry)
+            # Tuples: compared in C, never reaching the entry itself.
+            _heapq.heappush(self._heap, (entry.deadline, entry.seq, entry))
             wake = entry.deadline < self._wake_at
             if wake:
                 self._wake_at = entry.deadline
@@ -122,14 +118,12 @@ class _Watchdog:
         return entry
 
     def cancel(self, entry):
-        # First thing: close the scope, so that nothing sent for it from
-        # now on is taken, and what is pending is withdrawn.
-        _scope_exit(entry.scope)
+        # The scope is closed already (time_limit.__exit__, in C).
         entry.active = False
         self._cancelled += 1
         if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
             with self._mutex:
-                self._heap = [e for e in self._heap if e.active]
+                self._heap = [item for item in self._heap if item[2].active]
                 _heapq.heapify(self._heap)
                 self._cancelled = 0
 
@@ -152,14 +146,16 @@ class _Watchdog:
             with self._mutex:
                 now = _monotonic()
                 heap = self._heap
-                while heap and (not heap[0].active
-                                or heap[0].deadline <= now):
-                    entry = _heapq.heappop(heap)
+                # Only what is due: dropping cancelled entries ahead of
+                # time would leave the heap empty after every quick block,
+                # and every next block would have to wake this thread.
+                while heap and heap[0][0] <= now:
+                    entry = _heapq.heappop(heap)[2]
                     if entry.active:
                         due.append(entry)
                     else:
                         self._cancelled = max(0, self._cancelled - 1)
-                self._wake_at = heap[0].deadline if heap else _math.inf
+                self._wake_at = heap[0][0] if heap else _math.inf
                 wake_at = self._wake_at
             for entry in due:
                 if entry.active:
@@ -175,14 +171,16 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
-class time_limit:
+class time_limit(_xthread.Scoped):
     """Raise ``TimeLimitExceeded`` in the thread running the block once
     *seconds* have passed; a context manager and a decorator.
 
     Any thread, the main one included. Limits nest, each raising its own
     exception; an outer limit still fires when an inner one's exception
     was caught inside. An exception meant for a block is never raised
-    after it exits. All limits share one watchdog thread.
+    after it exits: ``__enter__``/``__exit__`` are C code, and the exit
+    closes the block's scope (withdrawing what is pending for it) before
+    any bytecode runs. All limits share one watchdog thread.
     """
 
     __slots__ = ("seconds", "_entries")
@@ -197,13 +195,11 @@ class time_limit:
         self.seconds = seconds
         self._entries = []
 
-    def __enter__(self):
-        self._entries.append(_watchdog.add(self.seconds))
-        return self
+    def _scope_entered(self, scope):
+        self._entries.append(_watchdog.add(self.seconds, scope))
 
-    def __exit__(self, exc_type, exc, tb):
+    def _scope_exited(self, scope):
         _watchdog.cancel(self._entries.pop())
-        return False
 
     def __call__(self, func):
         import functools

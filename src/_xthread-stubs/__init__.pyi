@@ -108,6 +108,16 @@ class ThreadRecord:
     @property
     def pending(self) -> bool: ...
 
+class Scoped:
+    """A context manager whose block is a delivery scope: __enter__ opens
+    it and calls _scope_entered(token); __exit__ closes it (withdrawing
+    what is pending for it) before calling _scope_exited(token)."""
+
+    def __enter__(self) -> Scoped: ...
+    def __exit__(self, *exc_info: object) -> bool: ...
+    def _scope_entered(self, token: int, /) -> object: ...
+    def _scope_exited(self, token: int, /) -> object: ...
+
 def _deliver(
     ident: int,
     exc: BaseException | type[BaseException],

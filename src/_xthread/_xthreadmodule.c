@@ -36,6 +36,8 @@
 
 // Module state
 
+static struct PyModuleDef xthread_module;
+
 struct recordobject;
 
 /* Records of the threads that xthread knows, by ident. A list guarded by
@@ -49,7 +51,10 @@ typedef struct {
 typedef struct {
     PyTypeObject *lock_type;
     PyTypeObject *record_type;
+    PyTypeObject *scoped_type;
     PyObject *record_key;       /* key of the record in a thread-state dict */
+    PyObject *str_entered;      /* "_scope_entered" */
+    PyObject *str_exited;       /* "_scope_exited" */
     xthread_registry registry;
     /* Threads started by this module that have not finished their Python
      * part. Only touched with the GIL held, as are the counters below. */
@@ -1885,6 +1890,155 @@ PyDoc_STRVAR(sleep_doc,
 "sleep at once and is raised here.");
 
 
+
+// Scoped: a context manager whose block is a delivery scope
+
+/* The base of xthread.time_limit (and anything else whose exceptions are
+ * meant for one block). __enter__ opens a scope and then calls the
+ * subclass's _scope_entered(token); __exit__ closes the scope *before*
+ * any Python code runs, then calls _scope_exited(token). So an exception
+ * sent for the block can land only inside it: once __exit__ is called,
+ * the interpreter reaches no bytecode boundary before the scope is
+ * closed and what is pending for it withdrawn. Reentrant: a stack of
+ * tokens per object. */
+typedef struct {
+    PyObject_HEAD
+    unsigned long long *tokens;
+    Py_ssize_t ntokens;
+    Py_ssize_t cap;
+} scopedobject;
+
+static PyObject *
+scoped_enter(scopedobject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &xthread_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (self->ntokens == self->cap) {
+        Py_ssize_t cap = self->cap ? self->cap * 2 : 2;
+        unsigned long long *grown = PyMem_Realloc(
+            self->tokens, (size_t)cap * sizeof(unsigned long long));
+        if (grown == NULL) {
+            return PyErr_NoMemory();
+        }
+        self->tokens = grown;
+        self->cap = cap;
+    }
+    PyObject *token = xthread_scope_enter(module, NULL);
+    if (token == NULL) {
+        return NULL;
+    }
+    self->tokens[self->ntokens++] = PyLong_AsUnsignedLongLong(token);
+    PyObject *res = PyObject_CallMethodOneArg(
+        (PyObject *)self, get_xthread_state(module)->str_entered, token);
+    if (res == NULL) {
+        /* The block will not run: close the scope again. */
+        self->ntokens--;
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        PyObject *closed = xthread_scope_exit(module, token);
+        Py_XDECREF(closed);
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+        Py_DECREF(token);
+        return NULL;
+    }
+    Py_DECREF(res);
+    Py_DECREF(token);
+    return Py_NewRef((PyObject *)self);
+}
+
+static PyObject *
+scoped_exit(scopedobject *self, PyObject *Py_UNUSED(args))
+{
+    if (self->ntokens == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "__exit__ without __enter__");
+        return NULL;
+    }
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &xthread_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    PyObject *token = PyLong_FromUnsignedLongLong(
+        self->tokens[--self->ntokens]);
+    if (token == NULL) {
+        return NULL;
+    }
+    PyObject *closed = xthread_scope_exit(module, token);
+    if (closed == NULL) {
+        Py_DECREF(token);
+        return NULL;
+    }
+    Py_DECREF(closed);
+    PyObject *res = PyObject_CallMethodOneArg(
+        (PyObject *)self, get_xthread_state(module)->str_exited, token);
+    Py_DECREF(token);
+    if (res == NULL) {
+        return NULL;
+    }
+    Py_DECREF(res);
+    Py_RETURN_FALSE;
+}
+
+static void
+scoped_dealloc(scopedobject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (tp->tp_clear != NULL) {
+        tp->tp_clear((PyObject *)self);
+    }
+    PyMem_Free(self->tokens);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int
+scoped_traverse(scopedobject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static PyObject *
+scoped_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+           PyObject *Py_UNUSED(kwds))
+{
+    scopedobject *self = (scopedobject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->tokens = NULL;
+        self->ntokens = self->cap = 0;
+    }
+    return (PyObject *)self;
+}
+
+static PyMethodDef scoped_methods[] = {
+    {"__enter__", (PyCFunction)scoped_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\n"
+     "Open a delivery scope, then call self._scope_entered(token)."},
+    {"__exit__", (PyCFunction)scoped_exit, METH_VARARGS,
+     "__exit__($self, /, *exc_info)\n--\n\n"
+     "Close the scope (withdrawing what is pending for it), then call\n"
+     "self._scope_exited(token)."},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyType_Slot scoped_type_slots[] = {
+    {Py_tp_new, scoped_new},
+    {Py_tp_dealloc, (destructor)scoped_dealloc},
+    {Py_tp_traverse, (traverseproc)scoped_traverse},
+    {Py_tp_methods, scoped_methods},
+    {Py_tp_doc, (void *)"A context manager whose block is a delivery scope."},
+    {0, NULL}
+};
+
+static PyType_Spec scoped_type_spec = {
+    .name = "_xthread.Scoped",
+    .basicsize = sizeof(scopedobject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = scoped_type_slots,
+};
+
 // set_async_exc
 
 static PyObject *
@@ -2086,7 +2240,10 @@ xthread_exec(PyObject *module)
         return -1;
     }
     state->record_key = PyUnicode_InternFromString("_xthread.record");
-    if (state->record_key == NULL) {
+    state->str_entered = PyUnicode_InternFromString("_scope_entered");
+    state->str_exited = PyUnicode_InternFromString("_scope_exited");
+    if (state->record_key == NULL || state->str_entered == NULL
+        || state->str_exited == NULL) {
         return -1;
     }
 
@@ -2116,6 +2273,17 @@ xthread_exec(PyObject *module)
         return -1;
     }
 
+    // Scoped
+    state->scoped_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &scoped_type_spec, NULL);
+    if (state->scoped_type == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(module, "Scoped",
+                              (PyObject *)state->scoped_type) < 0) {
+        return -1;
+    }
+
     // Constants
     if (PyModule_AddObjectRef(module, "error", PyExc_RuntimeError) < 0) {
         return -1;
@@ -2138,6 +2306,7 @@ xthread_traverse(PyObject *module, visitproc visit, void *arg)
     xthread_state *state = get_xthread_state(module);
     Py_VISIT(state->lock_type);
     Py_VISIT(state->record_type);
+    Py_VISIT(state->scoped_type);
     return 0;
 }
 
@@ -2147,7 +2316,10 @@ xthread_clear(PyObject *module)
     xthread_state *state = get_xthread_state(module);
     Py_CLEAR(state->lock_type);
     Py_CLEAR(state->record_type);
+    Py_CLEAR(state->scoped_type);
     Py_CLEAR(state->record_key);
+    Py_CLEAR(state->str_entered);
+    Py_CLEAR(state->str_exited);
     return 0;
 }
 

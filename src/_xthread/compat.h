@@ -42,6 +42,31 @@ PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
 }
 #endif
 
+/* PyType_GetModuleByDef: added in 3.11 (bpo-46613). Before, walk the
+ * MRO for the heap type made by this module (ht_module, 3.9+). Returns a
+ * borrowed reference, or NULL with TypeError. */
+#if PY_VERSION_HEX < 0x030B0000
+static inline PyObject *
+PyType_GetModuleByDef(PyTypeObject *type, PyModuleDef *def)
+{
+    PyObject *mro = type->tp_mro;
+    for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *t = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+        if (!(t->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+            continue;
+        }
+        PyObject *m = ((PyHeapTypeObject *)t)->ht_module;
+        if (m != NULL && PyModule_GetDef(m) == def) {
+            return m;
+        }
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "no superclass of '%s' belongs to this module",
+                 type->tp_name);
+    return NULL;
+}
+#endif
+
 /* Py_TPFLAGS_IMMUTABLETYPE: added in 3.10 (bpo-43908). On 3.9 heap types
  * stay mutable; nothing in _xthread relies on the flag for correctness. */
 #ifndef Py_TPFLAGS_IMMUTABLETYPE
