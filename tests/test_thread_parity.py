@@ -690,3 +690,20 @@ def test_camelcase_aliases_warn_under_error_filter(thread_cls):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             t.getName()
+
+
+def test_return_value_recipe(thread_cls):
+    """The common subclass that keeps run()'s result reads _target, _args
+    and _kwargs, as stdlib stores them."""
+    class ReturningThread(thread_cls):
+        def run(self):
+            self.result = None
+            if self._target is not None:
+                self.result = self._target(*self._args, **self._kwargs)
+
+    t = ReturningThread(target=lambda a, b=0: a + b, args=(2,),
+                        kwargs={"b": 3})
+    t.start()
+    t.join(JOIN_TIMEOUT)
+    assert not t.is_alive()
+    assert t.result == 5

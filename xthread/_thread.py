@@ -445,6 +445,35 @@ class Thread(_threading.Thread):
             raise RuntimeError("cannot set daemon status of active thread")
         self._xthread_daemonic = bool(daemonic)
 
+    # What subclasses written for stdlib read: the common "thread with a
+    # return value" recipe overrides run() and calls
+    # self._target(*self._args, **self._kwargs). Aliases of this class's
+    # own slots, read and written as stdlib's plain attributes are.
+
+    @property
+    def _target(self):
+        return self._xthread_target
+
+    @_target.setter
+    def _target(self, target):
+        self._xthread_target = target
+
+    @property
+    def _args(self):
+        return self._xthread_args
+
+    @_args.setter
+    def _args(self, args):
+        self._xthread_args = args
+
+    @property
+    def _kwargs(self):
+        return self._xthread_kwargs
+
+    @_kwargs.setter
+    def _kwargs(self, kwargs):
+        self._xthread_kwargs = kwargs
+
     # What threading.excepthook reads of args.thread when sys.stderr is
     # None: the stderr that was current when the thread was created.
     # Settable, as stdlib's plain attribute is.
