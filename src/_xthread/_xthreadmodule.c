@@ -102,6 +102,7 @@ typedef struct recordobject {
     unsigned long ident;
     unsigned long long generation;
     PyThread_type_lock park;    /* posted to wake the thread from a wait */
+    PyThread_type_lock landed;  /* posted when a sent exception lands */
     int parked;                 /* in a killable wait now */
     int shield_depth;
     /* Sent through xthread, not landed yet: raised by the interpreter at
@@ -196,14 +197,17 @@ record_new(xthread_state *state)
     rec->scopes = NULL;
     rec->nscopes = rec->scopes_cap = 0;
     rec->sent_at_us = rec->landed_at_us = 0;
+    rec->landed = NULL;
     rec->park = PyThread_allocate_lock();
-    if (rec->park == NULL) {
+    rec->landed = PyThread_allocate_lock();
+    if (rec->park == NULL || rec->landed == NULL) {
         Py_DECREF(rec);
         PyErr_NoMemory();
         return NULL;
     }
     /* Held: the thread parks by acquiring it, a waker releases it. */
     PyThread_acquire_lock(rec->park, WAIT_LOCK);
+    PyThread_acquire_lock(rec->landed, WAIT_LOCK);
     PyObject_GC_Track(rec);
     return rec;
 }
@@ -234,6 +238,9 @@ record_dealloc(recordobject *rec)
     record_clear(rec);
     if (rec->park != NULL) {
         PyThread_free_lock(rec->park);
+    }
+    if (rec->landed != NULL) {
+        PyThread_free_lock(rec->landed);
     }
     PyMem_RawFree(rec->scopes);
     tp->tp_free((PyObject *)rec);
@@ -1491,6 +1498,7 @@ carrier_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
         if (rec->outstanding != NULL && rec->outstanding_token == token) {
             Py_CLEAR(rec->outstanding);
             rec->landed_at_us = monotonic_us();
+            PyThread_release_lock(rec->landed);
         }
     }
     Py_DECREF(delivery);
@@ -1648,15 +1656,40 @@ record_in_scope(recordobject *rec, unsigned long long scope)
     return 0;
 }
 
+/* The sender holds the GIL after PyThreadState_SetAsyncExc, and a sender
+ * that goes on running Python would keep the target waiting for the
+ * switch interval (5 ms by default) before it can raise. Drop the GIL
+ * until the exception lands (the carrier posts `landed`), at most
+ * HANDOFF_US: the target takes the GIL at once. A target stuck in a C
+ * call never lands; the cap bounds what that costs the sender. */
+#define HANDOFF_US 2000
+
+static void
+hand_over_gil(recordobject *rec)
+{
+    /* Drop stale posts from earlier deliveries first. */
+    while (PyThread_acquire_lock_timed(rec->landed, 0, 0) == PY_LOCK_ACQUIRED) {
+    }
+    if (rec->outstanding == NULL) {
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock_timed(rec->landed, HANDOFF_US, 0);
+    Py_END_ALLOW_THREADS
+}
+
 static PyObject *
 xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"ident", "exc", "generation", "scope", NULL};
+    static char *kwlist[] = {"ident", "exc", "generation", "scope",
+                             "handoff", NULL};
     xthread_state *state = get_xthread_state(module);
     PyObject *ident_obj, *exc;
     unsigned long long generation = 0, scope = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|KK:_deliver", kwlist,
-                                     &ident_obj, &exc, &generation, &scope)) {
+    int handoff = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|KKp:_deliver", kwlist,
+                                     &ident_obj, &exc, &generation, &scope,
+                                     &handoff)) {
         return NULL;
     }
     unsigned long ident;
@@ -1705,6 +1738,9 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
         if (rec->parked) {
             unpark(rec);
         }
+        else if (handoff) {
+            hand_over_gil(rec);
+        }
     }
     result = PyBool_FromLong(n == 1);
 done:
@@ -1715,14 +1751,17 @@ done:
 }
 
 PyDoc_STRVAR(deliver_doc,
-"_deliver($module, /, ident, exc, generation=0, scope=0)\n--\n\n"
+"_deliver($module, /, ident, exc, generation=0, scope=0, handoff=True)\n"
+"--\n\n"
 "Send exc (class or instance) to the thread with this ident, the one\n"
 "delivery path of xthread. Returns whether a thread took it. With a\n"
 "generation, only the thread of that generation takes it (idents are\n"
 "reused); with a scope, only while the thread is in that scope. A\n"
 "shielded thread keeps it until its shields exit; a thread in a killable\n"
 "wait wakes and raises it at once; otherwise the interpreter raises it at\n"
-"the thread's next bytecode boundary.");
+"the thread's next bytecode boundary. With handoff, the caller lets go of\n"
+"the GIL until the exception has landed (2 ms at most), so that the\n"
+"target need not wait for the switch interval.");
 
 static PyObject *
 xthread_record(PyObject *module, PyObject *Py_UNUSED(ignored))
