@@ -85,6 +85,10 @@ class _Entry:
         self.active = True
 
 
+# The longest the watchdog keeps the GIL while waiting for a deadline.
+_SPIN_S = 0.0005
+
+
 class _Watchdog:
     def __init__(self):
         self._reset()
@@ -164,8 +168,23 @@ class _Watchdog:
                     _deliver(entry.ident, exc, scope=entry.scope)
             if wake_at == _math.inf:
                 self._wake.acquire()
+                continue
+            # This thread needs the GIL to deliver, and a thread spinning
+            # in Python gives it up only after the switch interval. So
+            # wake that much early: when the GIL is busy, getting it back
+            # takes about that long; when it was free, the deadline is
+            # still ahead, and a second wait, now uncontended, ends on it.
+            left = wake_at - _monotonic()
+            early = _sys.getswitchinterval()
+            if left > early:
+                self._wake.acquire(True, left - early)
+                left = wake_at - _monotonic()
+            if left > _SPIN_S:
+                self._wake.acquire(True, left)
             else:
-                self._wake.acquire(True, max(0.0, wake_at - _monotonic()))
+                # Close enough: hold on to the GIL until the deadline.
+                while _monotonic() < wake_at:
+                    pass
 
 
 _watchdog = _Watchdog()
