@@ -1,8 +1,11 @@
 """Shared pytest configuration. Plain helpers (timeouts, thread starters,
 the subprocess runner) live in ``helpers.py`` beside this file."""
+import threading
+
 import pytest
 
 import _xthread
+import xthread
 
 
 def pytest_report_header(config):
@@ -17,3 +20,13 @@ def restore_stack_size():
     old = _xthread.stack_size()
     yield old
     _xthread.stack_size(old)
+
+
+@pytest.fixture(params=[
+    pytest.param(threading.Thread, id="threading"),
+    pytest.param(xthread.Thread, id="xthread"),
+])
+def thread_cls(request):
+    """The class under test: the same assertions run against stdlib's
+    Thread and xthread's."""
+    return request.param

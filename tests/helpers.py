@@ -39,6 +39,12 @@ class Joinable:
         self.sentinel.release()
 
 
+def join_or_fail(thread, timeout=JOIN_TIMEOUT):
+    """Join a Thread (bounded); fail if it is still alive."""
+    thread.join(timeout)
+    assert not thread.is_alive(), f"{thread!r} still alive after {timeout} s"
+
+
 def start_joinable(function, *args, **kwargs):
     """Start ``function(*args, **kwargs)`` in an _xthread thread; return a
     :class:`Joinable`."""

@@ -21,6 +21,7 @@ import traceback
 import pytest
 
 import xthread
+from helpers import join_or_fail
 
 if not hasattr(os, "fork"):
     pytest.skip("needs os.fork()", allow_module_level=True)
@@ -34,22 +35,6 @@ CHILD_TIMEOUT = 60.0
 # errors.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:This process .* is multi-threaded:DeprecationWarning")
-
-CLASSES = [
-    pytest.param(threading.Thread, id="threading"),
-    pytest.param(xthread.Thread, id="xthread"),
-]
-
-
-@pytest.fixture(params=CLASSES)
-def thread_cls(request):
-    return request.param
-
-
-def join_or_fail(thread, timeout=JOIN_TIMEOUT):
-    thread.join(timeout)
-    assert not thread.is_alive(), f"{thread!r} still alive after {timeout} s"
-
 
 class Parked:
     """A thread of ``cls`` that waits on an event until released."""

@@ -18,6 +18,7 @@ import pytest
 
 import _xthread
 import xthread
+from helpers import join_or_fail
 
 #: Upper bound for any wait on a thread, lock or event.
 JOIN_TIMEOUT = 30.0
@@ -25,22 +26,6 @@ JOIN_TIMEOUT = 30.0
 SCRIPT_TIMEOUT = 60.0
 
 PY312 = sys.version_info >= (3, 12)
-
-CLASSES = [
-    pytest.param(threading.Thread, id="threading"),
-    pytest.param(xthread.Thread, id="xthread"),
-]
-
-
-@pytest.fixture(params=CLASSES)
-def thread_cls(request):
-    return request.param
-
-
-def join_or_fail(thread, timeout=JOIN_TIMEOUT):
-    thread.join(timeout)
-    assert not thread.is_alive(), f"{thread!r} still alive after {timeout} s"
-
 
 def run_script(code, timeout=SCRIPT_TIMEOUT):
     """Run ``code`` (dedented) in ``sys.executable -c``; return

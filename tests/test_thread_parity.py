@@ -18,22 +18,12 @@ import warnings
 import pytest
 
 import xthread
+from helpers import join_or_fail
 
 #: Upper bound for any wait on a thread, lock or event.
 JOIN_TIMEOUT = 30.0
 
 PY310 = sys.version_info >= (3, 10)
-
-CLASSES = [
-    pytest.param(threading.Thread, id="threading"),
-    pytest.param(xthread.Thread, id="xthread"),
-]
-
-
-@pytest.fixture(params=CLASSES)
-def thread_cls(request):
-    return request.param
-
 
 def outcome(function, *args, **kwargs):
     """What a call does: ``("ok", result)`` or ``(exception type,
@@ -42,11 +32,6 @@ def outcome(function, *args, **kwargs):
         return ("ok", function(*args, **kwargs))
     except BaseException as exc:  # noqa: B902 - AssertionError included
         return (type(exc), str(exc))
-
-
-def join_or_fail(thread, timeout=JOIN_TIMEOUT):
-    thread.join(timeout)
-    assert not thread.is_alive(), f"{thread!r} still alive after {timeout} s"
 
 
 class Parked:
