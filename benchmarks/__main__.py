@@ -199,6 +199,9 @@ def main(argv=None):
                         help="write the results as JSON")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw ratios and distributions (matplotlib)")
+    parser.add_argument("-k", metavar="TEXT", dest="only",
+                        help="run only the workloads whose name contains "
+                             "TEXT")
     args = parser.parse_args(argv)
     rounds = 25 if args.full else 7
     mem_rounds = 5 if args.full else 2
@@ -210,7 +213,11 @@ def main(argv=None):
         "mode": "full" if args.full else "quick",
         "workloads": {},
     }
-    steps = len(WORKLOADS) + 2
+    workloads = [w for w in WORKLOADS if not args.only or args.only in w[0]]
+    memory = not args.only or any(
+        args.only in name
+        for name in ("RSS per idle thread", "Python bytes per Thread"))
+    steps = len(workloads) + (2 if memory else 0)
     step = 0
 
     def progress(name):
@@ -219,7 +226,7 @@ def main(argv=None):
         print("\r[%d/%d] %-40s" % (step, steps, name), end="",
               file=sys.stderr, flush=True)
 
-    for name, factory, loops, target in WORKLOADS:
+    for name, factory, loops, target in workloads:
         progress(name)
         impls = factory()
         latency = loops == 1 and target is not None and target[0] == "max"
@@ -229,6 +236,20 @@ def main(argv=None):
             "unit": "s", "baseline": next(iter(impls)), "target": target,
             "impls": {impl: summarize(v) for impl, v in samples.items()}}
 
+    if memory:
+        measure_memory(results, mem_rounds, progress)
+    print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    report(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if args.plot:
+        from ._plot import plot
+        plot(results, args.plot)
+    return 0
+
+
+def measure_memory(results, mem_rounds, progress):
     progress("RSS per idle thread")
     rss = {impl: [] for impl in IMPLS}
     for _ in range(mem_rounds):
@@ -244,8 +265,9 @@ def main(argv=None):
     results["workloads"]["Python bytes per Thread"] = {
         "unit": "B", "baseline": "stdlib", "target": ("ratio", 0.5),
         "impls": {impl: summarize(v) for impl, v in pyb.items()}}
-    print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
 
+
+def report(results):
     print("xthread %s vs stdlib threading on CPython %s, %s, %s (%s mode)"
           % (xthread.__version__, results["python"], results["machine"],
              results["date"], results["mode"]))
@@ -278,14 +300,6 @@ def main(argv=None):
                 fmt(v["p90"], ref)))
     if missed:
         print("targets missed: %s" % ", ".join(missed))
-
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    if args.plot:
-        from ._plot import plot
-        plot(results, args.plot)
-    return 0
 
 
 if __name__ == "__main__":

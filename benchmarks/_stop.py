@@ -153,12 +153,18 @@ def time_limit_enter_exit():
     impls = {}
 
     def timer(loops):
+        timers = []
         t0 = time.perf_counter()
         for _ in range(loops):
             t = threading.Timer(60, print)
             t.start()
             t.cancel()
-        return (time.perf_counter() - t0) / loops
+            timers.append(t)
+        elapsed = time.perf_counter() - t0
+        # Not timed, but not left to disturb the next implementation.
+        for t in timers:
+            t.join()
+        return elapsed / loops
     impls["threading.Timer"] = timer
 
     limit = xthread.time_limit(60)

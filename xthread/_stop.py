@@ -9,6 +9,7 @@ until it exits; a thread in a killable wait wakes at once.
 """
 import dis as _dis
 import heapq as _heapq
+from heapq import heappush as _heappush
 import itertools as _itertools
 import math as _math
 import os as _os
@@ -73,17 +74,10 @@ class shield:
 # pushes an entry (and wakes the watchdog only when it is the new
 # earliest); leaving marks it cancelled, to be dropped lazily.
 
-class _Entry:
-    __slots__ = ("deadline", "seq", "ident", "scope", "seconds", "active")
-
-    def __init__(self, deadline, seq, ident, scope, seconds):
-        self.deadline = deadline
-        self.seq = seq
-        self.ident = ident
-        self.scope = scope
-        self.seconds = seconds
-        self.active = True
-
+# A heap item: [deadline, seq, ident, scope, seconds]; lists compare in C,
+# and seq is unique, so comparisons never go past it. Cancelling sets the
+# ident to None.
+_DEADLINE, _SEQ, _IDENT, _SCOPE, _SECONDS = range(5)
 
 # The longest the watchdog keeps the GIL while waiting for a deadline.
 _SPIN_S = 0.0005
@@ -106,29 +100,32 @@ class _Watchdog:
         self._thread = None
 
     def add(self, seconds, scope):
-        now = _monotonic()
-        entry = _Entry(now + seconds, next(self._seq), _get_ident(), scope,
-                       seconds)
-        with self._mutex:
-            # Tuples: compared in C, never reaching the entry itself.
-            _heapq.heappush(self._heap, (entry.deadline, entry.seq, entry))
-            wake = entry.deadline < self._wake_at
+        deadline = _monotonic() + seconds
+        item = [deadline, next(self._seq), _get_ident(), scope, seconds]
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            _heappush(self._heap, item)
+            wake = deadline < self._wake_at
             if wake:
-                self._wake_at = entry.deadline
-            if self._thread is None:
-                self._start()
+                self._wake_at = deadline
+                if self._thread is None:
+                    self._start()
+        finally:
+            mutex.release()
         if wake:
             self._poke()
-        return entry
+        return item
 
-    def cancel(self, entry):
+    def cancel(self, item):
         # The scope is closed already (time_limit.__exit__, in C).
-        entry.active = False
+        item[_IDENT] = None
         self._cancelled += 1
         if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
             with self._mutex:
-                self._heap = [item for item in self._heap if item[2].active]
-                _heapq.heapify(self._heap)
+                heap = [i for i in self._heap if i[_IDENT] is not None]
+                _heapq.heapify(heap)
+                self._heap = heap
                 self._cancelled = 0
 
     def _poke(self):
@@ -153,19 +150,20 @@ class _Watchdog:
                 # Only what is due: dropping cancelled entries ahead of
                 # time would leave the heap empty after every quick block,
                 # and every next block would have to wake this thread.
-                while heap and heap[0][0] <= now:
-                    entry = _heapq.heappop(heap)[2]
-                    if entry.active:
-                        due.append(entry)
+                while heap and heap[0][_DEADLINE] <= now:
+                    item = _heapq.heappop(heap)
+                    if item[_IDENT] is not None:
+                        due.append(item)
                     else:
                         self._cancelled = max(0, self._cancelled - 1)
-                self._wake_at = heap[0][0] if heap else _math.inf
+                self._wake_at = heap[0][_DEADLINE] if heap else _math.inf
                 wake_at = self._wake_at
-            for entry in due:
-                if entry.active:
+            for item in due:
+                ident = item[_IDENT]
+                if ident is not None:
                     exc = TimeLimitExceeded(
-                        "time limit of %g s exceeded" % entry.seconds)
-                    _deliver(entry.ident, exc, scope=entry.scope)
+                        "time limit of %g s exceeded" % item[_SECONDS])
+                    _deliver(ident, exc, scope=item[_SCOPE])
             if wake_at == _math.inf:
                 self._wake.acquire()
                 continue

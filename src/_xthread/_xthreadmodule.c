@@ -197,17 +197,10 @@ record_new(xthread_state *state)
     rec->scopes = NULL;
     rec->nscopes = rec->scopes_cap = 0;
     rec->sent_at_us = rec->landed_at_us = 0;
+    /* Made on first use (record_semaphore): most threads never park nor
+     * are sent anything, and thread start should not pay for them. */
+    rec->park = NULL;
     rec->landed = NULL;
-    rec->park = PyThread_allocate_lock();
-    rec->landed = PyThread_allocate_lock();
-    if (rec->park == NULL || rec->landed == NULL) {
-        Py_DECREF(rec);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    /* Held: the thread parks by acquiring it, a waker releases it. */
-    PyThread_acquire_lock(rec->park, WAIT_LOCK);
-    PyThread_acquire_lock(rec->landed, WAIT_LOCK);
     PyObject_GC_Track(rec);
     return rec;
 }
@@ -245,6 +238,23 @@ record_dealloc(recordobject *rec)
     PyMem_RawFree(rec->scopes);
     tp->tp_free((PyObject *)rec);
     Py_DECREF(tp);
+}
+
+/* Makes *sem, held (a semaphore at zero), if it does not exist yet.
+ * GIL held. Returns -1 with MemoryError set on failure. */
+static int
+record_semaphore(PyThread_type_lock *sem)
+{
+    if (*sem == NULL) {
+        PyThread_type_lock lock = PyThread_allocate_lock();
+        if (lock == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        PyThread_acquire_lock(lock, WAIT_LOCK);
+        *sem = lock;
+    }
+    return 0;
 }
 
 static PyObject *
@@ -669,6 +679,9 @@ lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
     if (rec->outstanding != NULL) {
         return WAIT_INTERRUPTED;
     }
+    if (record_semaphore(&rec->park) < 0) {
+        return WAIT_ERROR;
+    }
     long long deadline = timeout_us > 0 ? monotonic_us() + timeout_us : 0;
     waiter w = {.next = NULL, .rec = rec, .granted = 0};
     if (lock_core_enqueue(core, &w)) {
@@ -715,6 +728,9 @@ park_for(xthread_state *state, long long timeout_us)
 {
     recordobject *rec = current_record(state);
     if (rec == NULL) {
+        return WAIT_ERROR;
+    }
+    if (record_semaphore(&rec->park) < 0) {
         return WAIT_ERROR;
     }
     long long deadline = timeout_us >= 0 ? monotonic_us() + timeout_us : 0;
@@ -1498,7 +1514,9 @@ carrier_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
         if (rec->outstanding != NULL && rec->outstanding_token == token) {
             Py_CLEAR(rec->outstanding);
             rec->landed_at_us = monotonic_us();
-            PyThread_release_lock(rec->landed);
+            if (rec->landed != NULL) {
+                PyThread_release_lock(rec->landed);
+            }
         }
     }
     Py_DECREF(delivery);
@@ -1667,6 +1685,10 @@ record_in_scope(recordobject *rec, unsigned long long scope)
 static void
 hand_over_gil(recordobject *rec)
 {
+    if (record_semaphore(&rec->landed) < 0) {
+        PyErr_Clear();      /* no hand-over, no harm */
+        return;
+    }
     /* Drop stale posts from earlier deliveries first. */
     while (PyThread_acquire_lock_timed(rec->landed, 0, 0) == PY_LOCK_ACQUIRED) {
     }
