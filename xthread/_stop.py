@@ -176,7 +176,9 @@ class _Watchdog:
             early = _sys.getswitchinterval()
             if left > early:
                 self._wake.acquire(True, left - early)
-                left = wake_at - _monotonic()
+                # Poked (a new earlier deadline), or one interval before
+                # this one: look again.
+                continue
             if left > _SPIN_S:
                 self._wake.acquire(True, left)
             else:
