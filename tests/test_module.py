@@ -163,7 +163,8 @@ def test_subinterpreter():
 MODULE_SIGNATURES = {
     "start_new_thread": "(function, args, kwargs=None, /)",
     "start_new": "(function, args, kwargs=None, /)",
-    "_start_joinable_thread": "(function, args, kwargs=None, sentinel=None, /)",
+    "_start_joinable_thread":
+        "(function, args, kwargs=None, sentinel=None, shielded=False, /)",
     "allocate_lock": "()",
     "allocate": "()",
     "_set_sentinel": "()",

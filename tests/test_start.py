@@ -107,8 +107,9 @@ def test_bad_arguments(start, args, message):
 
 
 @pytest.mark.parametrize("start", ALL_STARTERS)
-@pytest.mark.parametrize("args", [(), (print,), (print, (), {}, None, None)],
-                         ids=["0", "1", "5"])
+@pytest.mark.parametrize("args", [(), (print,),
+                                  (print, (), {}, None, False, None)],
+                         ids=["0", "1", "6"])
 def test_wrong_number_of_arguments(start, args):
     with pytest.raises(TypeError):
         start(*args)

@@ -7,7 +7,6 @@ are reused) and is still inside the block meant (its scope). A pending
 exception is withdrawn when its scope exits; a shield holds exceptions back
 until it exits; a thread in a killable wait wakes at once.
 """
-import dis as _dis
 import heapq as _heapq
 from heapq import heappush as _heappush
 import itertools as _itertools
@@ -81,6 +80,9 @@ _DEADLINE, _SEQ, _IDENT, _SCOPE, _SECONDS = range(5)
 
 # The longest the watchdog keeps the GIL while waiting for a deadline.
 _SPIN_S = 0.0005
+# The longest single wait (a lock's timeout is bounded; far deadlines are
+# waited for in steps).
+_MAX_WAIT_S = 86400.0
 
 
 class _Watchdog:
@@ -175,12 +177,12 @@ class _Watchdog:
             left = wake_at - _monotonic()
             early = _sys.getswitchinterval()
             if left > early:
-                self._wake.acquire(True, left - early)
+                self._wake.acquire(True, min(left - early, _MAX_WAIT_S))
                 # Poked (a new earlier deadline), or one interval before
                 # this one: look again.
                 continue
             if left > _SPIN_S:
-                self._wake.acquire(True, left)
+                self._wake.acquire(True, min(left, _MAX_WAIT_S))
             else:
                 # Close enough: hold on to the GIL until the deadline.
                 while _monotonic() < wake_at:
@@ -236,23 +238,6 @@ class time_limit(_xthread.Scoped):
 
 # Kill reports
 
-_CALL_OPS = frozenset(
-    op for name, op in _dis.opmap.items()
-    if name.startswith("CALL") or name in ("PRECALL", "BEFORE_WITH",
-                                           "SETUP_WITH"))
-
-
-def _in_c_call(frame):
-    """Whether the innermost Python frame of a thread is executing a call
-    that has no Python frame above it: the thread is inside C code (a
-    sleep, a read, a foreign lock) that no exception can interrupt."""
-    code = frame.f_code.co_code
-    i = frame.f_lasti
-    if 0 <= i < len(code):
-        return code[i] in _CALL_OPS
-    return False
-
-
 class KillResult:
     """What ``Thread.kill()`` found. True when the thread ended.
 
@@ -296,11 +281,18 @@ class KillResult:
             ", inside a C call" if self.in_c_call else "", where)
 
 
-def _stuck_report(ident):
+def _stuck_report(ident, record):
+    """The stack of a thread that did not end, and whether it sits in a C
+    call: the exception last sent to it has not landed, so the thread has
+    run no bytecode since (a thread that runs Python, even one that
+    swallows the exception, lands it at once), and no shield holds it."""
     frame = _sys._current_frames().get(ident)
     if frame is None:
         return None, False
     try:
-        return _traceback.format_stack(frame), _in_c_call(frame)
+        stack = _traceback.format_stack(frame)
     finally:
         del frame
+    in_c_call = (record is not None and record.pending
+                 and record.shield_depth == 0)
+    return stack, in_c_call

@@ -33,6 +33,8 @@ _start_joinable_thread = _xthread._start_joinable_thread
 _allocate_lock = _xthread.allocate_lock
 _deliver = _xthread._deliver
 _find_record = _xthread._find_record
+_shield_enter = _xthread._shield_enter
+_shield_exit = _xthread._shield_exit
 _monotonic = _time.monotonic
 _get_ident = _xthread.get_ident
 _active = _compat.active
@@ -189,8 +191,11 @@ class Thread(_threading.Thread):
         with _active_limbo_lock():
             _limbo[self] = self
         try:
+            # Shielded until run(): an exception sent this early waits
+            # until the thread is registered and inside the handlers
+            # below, instead of escaping the bootstrap.
             ident, native_id, _, generation = _start_joinable_thread(
-                self._bootstrap, (), None, sentinel)
+                self._bootstrap, (), None, sentinel, True)
         except BaseException:
             self._xthread_state = _NEW
             self._xthread_sentinel = None
@@ -251,6 +256,7 @@ class Thread(_threading.Thread):
             if profile:
                 _sys.setprofile(profile)
             try:
+                _shield_exit()      # what was sent meanwhile lands here
                 self.run()
             except _stop.ThreadKilled:
                 # Asked for: the thread ends quietly, as on SystemExit.
@@ -258,6 +264,8 @@ class Thread(_threading.Thread):
             except:
                 self._xthread_report_exception()
         finally:
+            # Deregistration must not be cut short by a late exception.
+            _shield_enter()
             self._xthread_delete()
 
     def _xthread_report_exception(self):
@@ -381,11 +389,12 @@ class Thread(_threading.Thread):
         sent_at = None
         while self.is_alive():
             if sent < attempts:
+                now = _monotonic()
                 if _deliver(ident, _stop.ThreadKilled("killed by Thread.kill()"),
                             generation=self._xthread_generation):
                     sent += 1
                     if sent_at is None:
-                        sent_at = _monotonic()
+                        sent_at = now
                 wait = interval
             else:
                 wait = None
@@ -400,7 +409,7 @@ class Thread(_threading.Thread):
         landed_at = record.landed_at if record is not None else None
         if ended:
             return _stop.KillResult(True, sent_at, landed_at, elapsed, sent)
-        stack, in_c_call = _stop._stuck_report(ident)
+        stack, in_c_call = _stop._stuck_report(ident, record)
         return _stop.KillResult(False, sent_at, landed_at, elapsed, sent,
                                 stack, in_c_call)
 

@@ -58,6 +58,7 @@ def _start_joinable_thread(
     args: tuple[Any, ...],
     kwargs: dict[str, Any] | None = None,
     sentinel: LockType | None = None,
+    shielded: bool = False,
     /,
 ) -> tuple[int, int, LockType, int]:
     """Start a thread; return (ident, native_id, sentinel, generation), the

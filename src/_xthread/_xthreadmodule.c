@@ -1371,13 +1371,20 @@ xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
     xthread_state *state = get_xthread_state(module);
     lockobject *sentinel = NULL;
     PyObject *call_args = NULL;
-    if (PyTuple_GET_SIZE(fargs) > 4) {
+    if (PyTuple_GET_SIZE(fargs) > 5) {
         PyErr_Format(PyExc_TypeError,
-                     "_start_joinable_thread expected at most 4 arguments, "
+                     "_start_joinable_thread expected at most 5 arguments, "
                      "got %zd", PyTuple_GET_SIZE(fargs));
         return NULL;
     }
-    if (PyTuple_GET_SIZE(fargs) == 4 && PyTuple_GET_ITEM(fargs, 3) != Py_None) {
+    int shielded = 0;
+    if (PyTuple_GET_SIZE(fargs) == 5) {
+        shielded = PyObject_IsTrue(PyTuple_GET_ITEM(fargs, 4));
+        if (shielded < 0) {
+            return NULL;
+        }
+    }
+    if (PyTuple_GET_SIZE(fargs) >= 4 && PyTuple_GET_ITEM(fargs, 3) != Py_None) {
         PyObject *given = PyTuple_GET_ITEM(fargs, 3);
         if (!PyObject_TypeCheck(given, state->lock_type)) {
             PyErr_Format(PyExc_TypeError,
@@ -1414,6 +1421,10 @@ xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
         bootstate_discard(boot);
         goto error;
     }
+    /* Shielded from its first bytecode: what is sent before the thread's
+     * own code is ready (a Python bootstrap registering itself) waits
+     * until that code leaves the shield. */
+    boot->record->shield_depth = shielded ? 1 : 0;
     unsigned long long generation = boot->record->generation;
     unsigned long ident, native_id;
     if (start_thread(module, boot, &ident, &native_id) < 0) {
@@ -1432,14 +1443,16 @@ error:
 
 PyDoc_STRVAR(start_joinable_thread_doc,
 "_start_joinable_thread($module, function, args, kwargs=None,\n"
-"                       sentinel=None, /)\n--\n\n"
+"                       sentinel=None, shielded=False, /)\n--\n\n"
 "Like start_new_thread(), but return (ident, native_id, sentinel,\n"
 "generation): the generation tells this thread from a later one that\n"
 "reuses its ident; the sentinel (a new one, or the held lock given) is a\n"
 "held lock that the thread releases after its thread state\n"
 "is deleted, so acquiring it waits for the thread's end. The call returns\n"
 "once the thread exists with its thread state, so that exceptions can\n"
-"be sent to it at once.");
+"be sent to it at once. With shielded, the thread starts inside a\n"
+"shield (see _shield_exit): exceptions sent through _deliver wait until\n"
+"it leaves it.");
 
 
 // Sentinel
