@@ -214,13 +214,15 @@ class time_limit(_xthread.Scoped):
             raise ValueError("seconds must be greater than zero, not %r"
                              % (seconds,))
         self.seconds = seconds
-        self._entries = []
+        # By scope token: one object may be entered by several threads at
+        # once, and nested (the scopes themselves live on each thread).
+        self._entries = {}
 
     def _scope_entered(self, scope):
-        self._entries.append(_watchdog.add(self.seconds, scope))
+        self._entries[scope] = _watchdog.add(self.seconds, scope)
 
     def _scope_exited(self, scope):
-        _watchdog.cancel(self._entries.pop())
+        _watchdog.cancel(self._entries.pop(scope))
 
     def __call__(self, func):
         import functools

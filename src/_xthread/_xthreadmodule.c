@@ -95,6 +95,13 @@ monotonic_us(void)
  * The registry (a list in module state) holds it borrowed: a record
  * leaves the list before it is freed. Fields other than the list links are
  * read and written with the GIL held. */
+/* A delivery scope open in a thread, and the object that opened it (for
+ * identity only: a Scoped finds its own innermost scope in this thread). */
+typedef struct {
+    unsigned long long token;
+    const void *owner;
+} scope_entry;
+
 typedef struct recordobject {
     PyObject_HEAD
     struct recordobject *prev, *next;   /* registry links */
@@ -113,8 +120,11 @@ typedef struct recordobject {
     unsigned long long outstanding_token;
     PyObject *deferred;
     unsigned long long deferred_scope;
+    /* Sent while another was outstanding or deferred: a list of
+     * (instance, scope, token), sent one at a time as each lands. */
+    PyObject *queue;
     /* Active scopes, innermost last. */
-    unsigned long long *scopes;
+    scope_entry *scopes;
     Py_ssize_t nscopes;
     Py_ssize_t scopes_cap;
     /* When the last exception was sent and landed (monotonic us; 0: not). */
@@ -194,6 +204,7 @@ record_new(xthread_state *state)
     rec->outstanding_token = 0;
     rec->deferred = NULL;
     rec->deferred_scope = 0;
+    rec->queue = NULL;
     rec->scopes = NULL;
     rec->nscopes = rec->scopes_cap = 0;
     rec->sent_at_us = rec->landed_at_us = 0;
@@ -211,6 +222,7 @@ record_traverse(recordobject *rec, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(rec));
     Py_VISIT(rec->outstanding);
     Py_VISIT(rec->deferred);
+    Py_VISIT(rec->queue);
     return 0;
 }
 
@@ -219,6 +231,7 @@ record_clear(recordobject *rec)
 {
     Py_CLEAR(rec->outstanding);
     Py_CLEAR(rec->deferred);
+    Py_CLEAR(rec->queue);
     return 0;
 }
 
@@ -305,7 +318,9 @@ record_get_shield_depth(recordobject *rec, void *Py_UNUSED(closure))
 static PyObject *
 record_get_pending(recordobject *rec, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(rec->outstanding != NULL || rec->deferred != NULL);
+    return PyBool_FromLong(rec->outstanding != NULL || rec->deferred != NULL
+                           || (rec->queue != NULL
+                               && PyList_GET_SIZE(rec->queue) > 0));
 }
 
 static PyGetSetDef record_getset[] = {
@@ -408,6 +423,9 @@ current_record(xthread_state *state)
 }
 
 
+static void record_send_next(recordobject *rec);
+static void record_drop_queued(recordobject *rec, unsigned long long scope);
+
 /* Withdraws an exception sent through xthread that has not landed yet.
  * GIL held. */
 static void
@@ -435,6 +453,7 @@ raise_outstanding(recordobject *rec)
     rec->landed_at_us = monotonic_us();
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     Py_DECREF(exc);
+    record_send_next(rec);
     return NULL;
 }
 
@@ -1530,6 +1549,7 @@ carrier_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
             if (rec->landed != NULL) {
                 PyThread_release_lock(rec->landed);
             }
+            record_send_next(rec);
         }
     }
     Py_DECREF(delivery);
@@ -1676,11 +1696,96 @@ set_async(unsigned long ident, PyObject *carrier)
     return n;
 }
 
+/* Removes the queued deliveries meant for `scope`. GIL held. */
+static void
+record_drop_queued(recordobject *rec, unsigned long long scope)
+{
+    if (rec->queue == NULL) {
+        return;
+    }
+    for (Py_ssize_t i = PyList_GET_SIZE(rec->queue) - 1; i >= 0; i--) {
+        PyObject *item = PyList_GET_ITEM(rec->queue, i);
+        if (PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 1)) == scope) {
+            PyList_SetSlice(rec->queue, i, i + 1, NULL);
+        }
+    }
+}
+
+static int record_in_scope(recordobject *rec, unsigned long long scope);
+
+/* Sends the next queued delivery once nothing is outstanding and no
+ * shield holds the thread: a thread holds one pending exception in the
+ * interpreter, and a second one sent before the first lands would replace
+ * it (an outer limit's exception caught by the inner limit's handler).
+ * GIL held; runs in the target thread or a sender; keeps any exception
+ * that is set, and reports its own failures as unraisable. */
+static void
+record_send_next(recordobject *rec)
+{
+    if (rec->queue == NULL || PyList_GET_SIZE(rec->queue) == 0
+        || rec->outstanding != NULL || rec->shield_depth > 0) {
+        return;
+    }
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    while (rec->outstanding == NULL && PyList_GET_SIZE(rec->queue) > 0) {
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(rec->queue, 0));
+        PyList_SetSlice(rec->queue, 0, 1, NULL);
+        PyObject *instance = PyTuple_GET_ITEM(item, 0);
+        unsigned long long scope =
+            PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 1));
+        unsigned long long token =
+            PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 2));
+        if (scope != 0 && !record_in_scope(rec, scope)) {
+            Py_DECREF(item);
+            continue;
+        }
+        PyObject *carrier = make_carrier(instance, rec, token);
+        if (carrier == NULL) {
+            PyErr_WriteUnraisable(instance);
+            Py_DECREF(item);
+            continue;
+        }
+        if (PyThreadState_SetAsyncExc(rec->ident, carrier) == 1) {
+            rec->outstanding = Py_NewRef(instance);
+            rec->outstanding_scope = scope;
+            rec->outstanding_token = token;
+            rec->sent_at_us = monotonic_us();
+            if (rec->parked) {
+                unpark(rec);
+            }
+        }
+        Py_DECREF(carrier);
+        Py_DECREF(item);
+    }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
+/* Queues a delivery behind the one outstanding or deferred. */
+static int
+record_enqueue(recordobject *rec, PyObject *instance,
+               unsigned long long scope, unsigned long long token)
+{
+    if (rec->queue == NULL) {
+        rec->queue = PyList_New(0);
+        if (rec->queue == NULL) {
+            return -1;
+        }
+    }
+    PyObject *item = Py_BuildValue("(OKK)", instance, scope, token);
+    if (item == NULL) {
+        return -1;
+    }
+    int rc = PyList_Append(rec->queue, item);
+    Py_DECREF(item);
+    return rc;
+}
+
 static int
 record_in_scope(recordobject *rec, unsigned long long scope)
 {
     for (Py_ssize_t i = 0; i < rec->nscopes; i++) {
-        if (rec->scopes[i] == scope) {
+        if (rec->scopes[i].token == scope) {
             return 1;
         }
     }
@@ -1751,12 +1856,21 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
         result = Py_NewRef(Py_False);
         goto done;
     }
-    if (rec != NULL && rec->shield_depth > 0) {
-        if (rec->deferred == NULL) {
-            rec->deferred = Py_NewRef(instance);
-            rec->deferred_scope = scope;
-        }
+    if (rec != NULL && rec->shield_depth > 0 && rec->deferred == NULL) {
+        rec->deferred = Py_NewRef(instance);
+        rec->deferred_scope = scope;
         rec->sent_at_us = monotonic_us();
+        result = Py_NewRef(Py_True);
+        goto done;
+    }
+    if (rec != NULL && (rec->shield_depth > 0 || rec->outstanding != NULL)) {
+        /* One is pending already. A scoped one (a time limit) follows it
+         * when it has landed, so that each scope gets its own; an
+         * unscoped one (kill, raise_exc) is merged into it: the thread
+         * holds one pending stop, as the interpreter does. */
+        if (scope != 0 && record_enqueue(rec, instance, scope, token) < 0) {
+            goto done;
+        }
         result = Py_NewRef(Py_True);
         goto done;
     }
@@ -1820,6 +1934,65 @@ xthread_find_record(PyObject *module, PyObject *ident_obj)
     return Py_NewRef((PyObject *)rec);
 }
 
+/* Opens a scope in the calling thread, owned by `owner` (may be NULL);
+ * returns its token, or 0 with an exception set. */
+static unsigned long long
+record_scope_push(xthread_state *state, recordobject *rec, const void *owner)
+{
+    if (rec->nscopes == rec->scopes_cap) {
+        Py_ssize_t cap = rec->scopes_cap ? rec->scopes_cap * 2 : 4;
+        scope_entry *grown = PyMem_RawRealloc(
+            rec->scopes, (size_t)cap * sizeof(scope_entry));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return 0;
+        }
+        rec->scopes = grown;
+        rec->scopes_cap = cap;
+    }
+    unsigned long long token = ++state->next_token;
+    rec->scopes[rec->nscopes].token = token;
+    rec->scopes[rec->nscopes].owner = owner;
+    rec->nscopes++;
+    return token;
+}
+
+/* The token of the innermost scope that `owner` opened in this thread,
+ * or 0. */
+static unsigned long long
+record_scope_owned(recordobject *rec, const void *owner)
+{
+    for (Py_ssize_t i = rec->nscopes - 1; i >= 0; i--) {
+        if (rec->scopes[i].owner == owner) {
+            return rec->scopes[i].token;
+        }
+    }
+    return 0;
+}
+
+/* Closes a scope: what was sent for it and has not landed never will.
+ * GIL held; keeps any exception that is set. */
+static void
+record_scope_close(recordobject *rec, unsigned long long scope)
+{
+    for (Py_ssize_t i = rec->nscopes - 1; i >= 0; i--) {
+        if (rec->scopes[i].token == scope) {
+            memmove(&rec->scopes[i], &rec->scopes[i + 1],
+                    (size_t)(rec->nscopes - i - 1) * sizeof(scope_entry));
+            rec->nscopes--;
+            break;
+        }
+    }
+    record_drop_queued(rec, scope);
+    if (rec->deferred != NULL && rec->deferred_scope == scope) {
+        Py_CLEAR(rec->deferred);
+    }
+    if (rec->outstanding != NULL && rec->outstanding_scope == scope) {
+        record_withdraw(rec);
+        record_send_next(rec);
+    }
+}
+
 static PyObject *
 xthread_scope_enter(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
@@ -1828,19 +2001,8 @@ xthread_scope_enter(PyObject *module, PyObject *Py_UNUSED(ignored))
     if (rec == NULL) {
         return NULL;
     }
-    if (rec->nscopes == rec->scopes_cap) {
-        Py_ssize_t cap = rec->scopes_cap ? rec->scopes_cap * 2 : 4;
-        unsigned long long *grown = PyMem_RawRealloc(
-            rec->scopes, (size_t)cap * sizeof(unsigned long long));
-        if (grown == NULL) {
-            return PyErr_NoMemory();
-        }
-        rec->scopes = grown;
-        rec->scopes_cap = cap;
-    }
-    unsigned long long scope = ++state->next_token;
-    rec->scopes[rec->nscopes++] = scope;
-    return PyLong_FromUnsignedLongLong(scope);
+    unsigned long long scope = record_scope_push(state, rec, NULL);
+    return scope == 0 ? NULL : PyLong_FromUnsignedLongLong(scope);
 }
 
 static PyObject *
@@ -1854,21 +2016,7 @@ xthread_scope_exit(PyObject *module, PyObject *arg)
     if (rec == NULL) {
         return NULL;
     }
-    for (Py_ssize_t i = rec->nscopes - 1; i >= 0; i--) {
-        if (rec->scopes[i] == scope) {
-            memmove(&rec->scopes[i], &rec->scopes[i + 1],
-                    (size_t)(rec->nscopes - i - 1) * sizeof(scope));
-            rec->nscopes--;
-            break;
-        }
-    }
-    /* What was sent for this scope and has not landed never will. */
-    if (rec->outstanding != NULL && rec->outstanding_scope == scope) {
-        record_withdraw(rec);
-    }
-    if (rec->deferred != NULL && rec->deferred_scope == scope) {
-        Py_CLEAR(rec->deferred);
-    }
+    record_scope_close(rec, scope);
     Py_RETURN_NONE;
 }
 
@@ -1908,8 +2056,10 @@ xthread_shield_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
         rec->landed_at_us = monotonic_us();
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
         Py_DECREF(exc);
+        record_send_next(rec);
         return NULL;
     }
+    record_send_next(rec);
     Py_RETURN_NONE;
 }
 
@@ -1977,11 +2127,9 @@ PyDoc_STRVAR(sleep_doc,
  * tokens per object. */
 typedef struct {
     PyObject_HEAD
-    unsigned long long *tokens;
-    Py_ssize_t ntokens;
-    Py_ssize_t cap;
 } scopedobject;
 
+/* The scope token goes to the hooks as an int. */
 static PyObject *
 scoped_enter(scopedobject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -1989,63 +2137,55 @@ scoped_enter(scopedobject *self, PyObject *Py_UNUSED(ignored))
     if (module == NULL) {
         return NULL;
     }
-    if (self->ntokens == self->cap) {
-        Py_ssize_t cap = self->cap ? self->cap * 2 : 2;
-        unsigned long long *grown = PyMem_Realloc(
-            self->tokens, (size_t)cap * sizeof(unsigned long long));
-        if (grown == NULL) {
-            return PyErr_NoMemory();
-        }
-        self->tokens = grown;
-        self->cap = cap;
-    }
-    PyObject *token = xthread_scope_enter(module, NULL);
-    if (token == NULL) {
+    xthread_state *state = get_xthread_state(module);
+    recordobject *rec = current_record(state);
+    if (rec == NULL) {
         return NULL;
     }
-    self->tokens[self->ntokens++] = PyLong_AsUnsignedLongLong(token);
-    PyObject *res = PyObject_CallMethodOneArg(
-        (PyObject *)self, get_xthread_state(module)->str_entered, token);
+    /* Scopes are kept on the thread's record, tagged with this object: one
+     * object may be entered by several threads at once, and nested. */
+    unsigned long long scope = record_scope_push(state, rec, self);
+    if (scope == 0) {
+        return NULL;
+    }
+    PyObject *token = PyLong_FromUnsignedLongLong(scope);
+    PyObject *res = token == NULL ? NULL : PyObject_CallMethodOneArg(
+        (PyObject *)self, state->str_entered, token);
+    Py_XDECREF(token);
     if (res == NULL) {
         /* The block will not run: close the scope again. */
-        self->ntokens--;
-        PyObject *exc_type, *exc_value, *exc_tb;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-        PyObject *closed = xthread_scope_exit(module, token);
-        Py_XDECREF(closed);
-        PyErr_Restore(exc_type, exc_value, exc_tb);
-        Py_DECREF(token);
+        record_scope_close(rec, scope);
         return NULL;
     }
     Py_DECREF(res);
-    Py_DECREF(token);
     return Py_NewRef((PyObject *)self);
 }
 
 static PyObject *
 scoped_exit(scopedobject *self, PyObject *Py_UNUSED(args))
 {
-    if (self->ntokens == 0) {
-        PyErr_SetString(PyExc_RuntimeError, "__exit__ without __enter__");
-        return NULL;
-    }
     PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &xthread_module);
     if (module == NULL) {
         return NULL;
     }
-    PyObject *token = PyLong_FromUnsignedLongLong(
-        self->tokens[--self->ntokens]);
+    xthread_state *state = get_xthread_state(module);
+    recordobject *rec = current_record(state);
+    if (rec == NULL) {
+        return NULL;
+    }
+    unsigned long long scope = record_scope_owned(rec, self);
+    if (scope == 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "__exit__ without __enter__ in this thread");
+        return NULL;
+    }
+    record_scope_close(rec, scope);
+    PyObject *token = PyLong_FromUnsignedLongLong(scope);
     if (token == NULL) {
         return NULL;
     }
-    PyObject *closed = xthread_scope_exit(module, token);
-    if (closed == NULL) {
-        Py_DECREF(token);
-        return NULL;
-    }
-    Py_DECREF(closed);
     PyObject *res = PyObject_CallMethodOneArg(
-        (PyObject *)self, get_xthread_state(module)->str_exited, token);
+        (PyObject *)self, state->str_exited, token);
     Py_DECREF(token);
     if (res == NULL) {
         return NULL;
@@ -2062,7 +2202,6 @@ scoped_dealloc(scopedobject *self)
     if (tp->tp_clear != NULL) {
         tp->tp_clear((PyObject *)self);
     }
-    PyMem_Free(self->tokens);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -2078,12 +2217,7 @@ static PyObject *
 scoped_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
            PyObject *Py_UNUSED(kwds))
 {
-    scopedobject *self = (scopedobject *)type->tp_alloc(type, 0);
-    if (self != NULL) {
-        self->tokens = NULL;
-        self->ntokens = self->cap = 0;
-    }
-    return (PyObject *)self;
+    return type->tp_alloc(type, 0);
 }
 
 static PyMethodDef scoped_methods[] = {

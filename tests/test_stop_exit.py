@@ -1,0 +1,263 @@
+"""Stopping threads across process boundaries: interpreter exit with the
+time-limit watchdog and threads parked in killable waits, time_limit in a
+script's main thread, and fork() with a limit active.
+
+Each scenario runs in a subprocess (``helpers.run_script``), bounded.
+"""
+import pytest
+
+from helpers import assert_clean_exit, run_script
+
+#: Each script must finish well inside helpers.SCRIPT_TIMEOUT.
+PARKED_WAITS = """
+    import queue, sys, threading, time
+    import xthread
+
+    ready = threading.Semaphore(0)
+    waits = []
+
+    def park(name, wait):
+        def body():
+            ready.release()
+            wait()
+        t = xthread.Thread(target=body, name=name, daemon=True)
+        t.start()
+        waits.append(t)
+
+    held = xthread.Lock(); held.acquire()
+    rheld = xthread.RLock()
+    cond = xthread.Condition()
+    sem = xthread.Semaphore(0)
+    q = xthread.Queue()
+    full = xthread.Queue(1); full.put(0)
+    never = xthread.Event()
+
+    def limited_sleep():
+        with xthread.time_limit(600):
+            xthread.sleep(3600)
+
+    def rlock_holder():
+        with rheld:
+            ready.release()
+            never.wait()
+
+    def in_cond():
+        with cond:
+            cond.wait()
+
+    t = xthread.Thread(target=rlock_holder, daemon=True); t.start()
+    ready.acquire()
+    park("sleep", lambda: xthread.sleep(3600))
+    park("sleep-none", lambda: xthread.sleep(None))
+    park("event", never.wait)
+    park("lock", held.acquire)
+    park("rlock", rheld.acquire)
+    park("cond", in_cond)
+    park("sem", sem.acquire)
+    park("get", q.get)
+    park("put", lambda: full.put(1))
+    park("join", t.join)
+    park("limited", limited_sleep)
+    for _ in waits:
+        assert ready.acquire(timeout=30)
+
+    import _xthread
+    deadline = time.monotonic() + 30
+    while not all(_xthread._find_record(w.ident).parked for w in waits):
+        assert time.monotonic() < deadline, "threads did not park"
+        time.sleep(0.001)
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("xthread-watchdog") == 1, names
+    print("parked", len(waits))
+    sys.stdout.flush()
+"""
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_exit_with_watchdog_and_parked_daemon_threads(run):
+    rc, out, err = run_script(PARKED_WAITS)
+    assert_clean_exit(rc, out, err)
+    assert "parked 11" in out
+    assert err == ""
+
+
+def test_exit_with_a_limit_open_in_main():
+    # The main thread leaves (sys.exit) from inside a limit, while another
+    # thread's limit is about to fire.
+    rc, out, err = run_script("""
+        import sys, threading, time
+        import xthread
+
+        def worker():
+            try:
+                with xthread.time_limit(0.05):
+                    xthread.sleep(3600)
+            except xthread.TimeLimitExceeded:
+                pass
+            xthread.sleep(3600)
+
+        xthread.Thread(target=worker, daemon=True).start()
+        with xthread.time_limit(600):
+            print("leaving")
+            sys.exit(0)
+    """)
+    assert_clean_exit(rc, out, err)
+    assert out == "leaving\n"
+
+
+def test_exit_after_killing_a_non_daemon_thread():
+    # A non-daemon thread in a killable wait, killed by the main thread
+    # just before the script ends: exit does not wait for it, nor crash.
+    rc, out, err = run_script("""
+        import threading
+        import xthread
+
+        ev = xthread.Event()
+        t = xthread.Thread(target=ev.wait)
+        t.start()
+        result = t.kill(timeout=30)
+        print("ended", result.ended)
+    """)
+    assert_clean_exit(rc, out, err)
+    assert out == "ended True\n"
+
+
+def test_time_limit_in_a_script_main_thread():
+    rc, out, err = run_script("""
+        import time
+        import xthread
+
+        def busy():
+            while True:
+                time.monotonic()
+
+        def limited(seconds):
+            with xthread.time_limit(seconds):
+                busy()
+
+        start = time.monotonic()
+        try:
+            limited(0.2)
+        except xthread.TimeLimitExceeded as exc:
+            took = time.monotonic() - start
+            print("fired", type(exc).__name__, took >= 0.19, took < 10)
+
+        @xthread.time_limit(0.1)
+        def decorated():
+            xthread.sleep(3600)
+
+        try:
+            decorated()
+        except xthread.TimeLimitExceeded:
+            print("fired again")
+
+        # Uncaught: the script ends with the exception's traceback.
+        limited(0.1)
+    """)
+    assert rc == 1, (rc, out, err)
+    assert out == "fired TimeLimitExceeded True True\nfired again\n"
+    assert "TimeLimitExceeded" in err.splitlines()[-1]
+    for marker in ("Fatal Python error", "Segmentation fault"):
+        assert marker not in err
+
+
+FORK = """
+    import os, sys, threading, time, warnings
+    import xthread
+
+    # 3.12+ warns that fork() in a multi-threaded process may deadlock.
+    warnings.simplefilter("ignore", DeprecationWarning)
+
+    def busy():
+        while True:
+            time.monotonic()
+
+    def limited(seconds):
+        with xthread.time_limit(seconds):
+            busy()
+
+    def watchdogs():
+        return [t for t in threading.enumerate()
+                if t.name == "xthread-watchdog"]
+
+    with xthread.time_limit(600):
+        (parent_dog,) = watchdogs()
+        pid = os.fork()
+        if pid == 0:
+            # The child: the parent's watchdog does not exist here; a new
+            # one serves the child's limits.
+            ok = True
+            try:
+                limited(0.1)
+                ok = False
+            except xthread.TimeLimitExceeded:
+                pass
+            dogs = watchdogs()
+            ok = ok and len(dogs) == 1 and dogs[0].is_alive()
+            ok = ok and dogs[0] is not parent_dog
+            try:
+                limited(0.05)
+                ok = False
+            except xthread.TimeLimitExceeded:
+                pass
+            print("child", ok)
+            sys.stdout.flush()
+            sys.exit(0 if ok else 3)
+        # The parent: its own limits still work.
+        try:
+            limited(0.1)
+        except xthread.TimeLimitExceeded:
+            print("parent fired")
+        deadline = time.monotonic() + 30
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            assert time.monotonic() < deadline, "child hung"
+            xthread.sleep(0.01)
+    print("child status", os.waitstatus_to_exitcode(status)
+          if hasattr(os, "waitstatus_to_exitcode") else status >> 8)
+"""
+
+
+def test_fork_with_a_limit_active():
+    rc, out, err = run_script(FORK)
+    assert_clean_exit(rc, out, err)
+    lines = out.splitlines()
+    assert "child True" in lines
+    assert "parent fired" in lines
+    assert lines[-1] == "child status 0"
+
+
+def test_far_deadline_leaves_the_watchdog_working():
+    # A limit longer than a lock wait can take (TIMEOUT_MAX, about 292
+    # years) must not end the shared watchdog: later limits still fire.
+    rc, out, err = run_script("""
+        import threading, time
+        import _xthread, xthread
+
+        def busy(seconds):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                pass
+
+        def limited():
+            with xthread.time_limit(0.2):
+                busy(5)
+
+        for far in (_xthread.TIMEOUT_MAX * 10, 1e12, float("inf")):
+            with xthread.time_limit(far):
+                pass
+            # Past the watchdog's first look at the far deadline.
+            xthread.sleep(0.05)
+            try:
+                limited()
+                print("not fired", far)
+            except xthread.TimeLimitExceeded:
+                print("fired")
+        names = [t.name for t in threading.enumerate()]
+        print("watchdogs", names.count("xthread-watchdog"))
+    """)
+    assert_clean_exit(rc, out, err)
+    assert out == "fired\nfired\nfired\nwatchdogs 1\n", out + err
+    assert "Exception in thread" not in err, err
