@@ -262,7 +262,10 @@ class Thread(_threading.Thread):
                 # Asked for: the thread ends quietly, as on SystemExit.
                 pass
             except:
-                self._xthread_report_exception()
+                try:
+                    self._xthread_report_exception()
+                except _stop.ThreadKilled:
+                    pass    # killed while its excepthook ran: as asked
         finally:
             # Deregistration must not be cut short by a late exception.
             _shield_enter()
