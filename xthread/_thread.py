@@ -33,8 +33,7 @@ _start_joinable_thread = _xthread._start_joinable_thread
 _allocate_lock = _xthread.allocate_lock
 _deliver = _xthread._deliver
 _find_record = _xthread._find_record
-_shield_enter = _xthread._shield_enter
-_shield_exit = _xthread._shield_exit
+_call_unshielded = _xthread._call_unshielded
 _monotonic = _time.monotonic
 _get_ident = _xthread.get_ident
 _active = _compat.active
@@ -255,20 +254,21 @@ class Thread(_threading.Thread):
             profile = _compat.getprofile()
             if profile:
                 _sys.setprofile(profile)
+            # The thread started shielded; only run() and the excepthook
+            # run without it, so a stop lands in them (what was sent
+            # before lands as run() would start) and never in this
+            # bookkeeping.
             try:
-                _shield_exit()      # what was sent meanwhile lands here
-                self.run()
+                _call_unshielded(self.run)
             except _stop.ThreadKilled:
                 # Asked for: the thread ends quietly, as on SystemExit.
                 pass
             except:
                 try:
-                    self._xthread_report_exception()
+                    _call_unshielded(self._xthread_report_exception)
                 except _stop.ThreadKilled:
                     pass    # killed while its excepthook ran: as asked
         finally:
-            # Deregistration must not be cut short by a late exception.
-            _shield_enter()
             self._xthread_delete()
 
     def _xthread_report_exception(self):

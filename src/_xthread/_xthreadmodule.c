@@ -2063,6 +2063,49 @@ xthread_shield_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* Calls func() with the calling thread's one shield lifted, and puts the
+ * shield back before any bytecode of the caller runs: what an xthread
+ * Thread's bootstrap runs its target and excepthook with, so that a stop
+ * lands inside them and never in the bootstrap's own bookkeeping. What
+ * was held back before is raised at once instead of calling func; what
+ * was sent and has not landed when func returns is held back again. */
+static PyObject *
+xthread_call_unshielded(PyObject *module, PyObject *func)
+{
+    recordobject *rec = current_record(get_xthread_state(module));
+    if (rec == NULL) {
+        return NULL;
+    }
+    if (rec->shield_depth != 1) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "_call_unshielded needs exactly one shield");
+        return NULL;
+    }
+    Py_INCREF(rec);
+    PyObject *res = NULL;
+    rec->shield_depth = 0;
+    if (rec->deferred != NULL) {
+        PyObject *exc = rec->deferred;
+        rec->deferred = NULL;
+        rec->landed_at_us = monotonic_us();
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    else {
+        res = PyObject_CallNoArgs(func);
+    }
+    rec->shield_depth = 1;
+    if (rec->outstanding != NULL) {
+        if (rec->deferred == NULL) {
+            rec->deferred = Py_NewRef(rec->outstanding);
+            rec->deferred_scope = rec->outstanding_scope;
+        }
+        record_withdraw(rec);
+    }
+    Py_DECREF(rec);
+    return res;
+}
+
 /* Parses a wait's timeout in seconds (None: no limit) into microseconds
  * (-1: no limit). */
 static int
@@ -2420,6 +2463,9 @@ static PyMethodDef xthread_methods[] = {
     {"_shield_exit", xthread_shield_exit, METH_NOARGS,
      "_shield_exit($module, /)\n--\n\n"
      "Leave a shield; at the outermost, raise what was held back."},
+    {"_call_unshielded", xthread_call_unshielded, METH_O,
+     "_call_unshielded($module, func, /)\n--\n\n"
+     "Call func() with the thread's one shield lifted; put it back after."},
     {"sleep", xthread_sleep, METH_O, sleep_doc},
     {"get_ident", xthread_get_ident, METH_NOARGS, get_ident_doc},
     {"get_native_id", xthread_get_native_id, METH_NOARGS, get_native_id_doc},
