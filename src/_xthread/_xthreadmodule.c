@@ -443,6 +443,9 @@ record_withdraw(recordobject *rec)
 static PyObject *
 raise_outstanding(recordobject *rec)
 {
+    if (rec == NULL) {
+        return NULL;    /* current_record() failed: its error is set */
+    }
     PyObject *exc = rec->outstanding;
     if (exc == NULL) {
         PyErr_SetString(PyExc_SystemError, "no exception was sent");
