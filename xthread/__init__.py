@@ -11,6 +11,8 @@ from ._stop import (KillResult, ThreadKilled, TimeLimitExceeded,
 from ._sync import (BoundedSemaphore, Condition, Event, LifoQueue, Lock,
                     PriorityQueue, Queue, RLock, Semaphore, sleep)
 from ._thread import Thread
+from ._pool import (PoolHealth, StuckTask, TaskCancelled, ThreadPoolExecutor,
+                    to_thread)
 
 __version__ = "0.1.0"
 
@@ -20,6 +22,8 @@ __all__ = [
     "shield", "time_limit",
     "sleep", "Lock", "RLock", "Condition", "Event", "Semaphore",
     "BoundedSemaphore", "Queue", "LifoQueue", "PriorityQueue",
+    "ThreadPoolExecutor", "TaskCancelled", "StuckTask", "PoolHealth",
+    "to_thread",
 ]
 
 get_ident = _xthread.get_ident

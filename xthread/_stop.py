@@ -73,10 +73,12 @@ class shield:
 # pushes an entry (and wakes the watchdog only when it is the new
 # earliest); leaving marks it cancelled, to be dropped lazily.
 
-# A heap item: [deadline, seq, ident, scope, seconds]; lists compare in C,
-# and seq is unique, so comparisons never go past it. Cancelling sets the
-# ident to None.
-_DEADLINE, _SEQ, _IDENT, _SCOPE, _SECONDS = range(5)
+# A heap item: [deadline, seq, ident, scope, seconds, action]; lists
+# compare in C, and seq is unique, so comparisons never go past it.
+# Cancelling sets the ident to None. With no action, a due item raises
+# TimeLimitExceeded in thread ident inside scope; with one, the watchdog
+# calls action() instead (the pool's per-task limits and grace checks).
+_DEADLINE, _SEQ, _IDENT, _SCOPE, _SECONDS, _ACTION = range(6)
 
 # The longest the watchdog keeps the GIL while waiting for a deadline.
 _SPIN_S = 0.0005
@@ -101,9 +103,11 @@ class _Watchdog:
         self._seq = _itertools.count()
         self._thread = None
 
-    def add(self, seconds, scope):
+    def add(self, seconds, scope, action=None, ident=None):
         deadline = _monotonic() + seconds
-        item = [deadline, next(self._seq), _get_ident(), scope, seconds]
+        if ident is None:
+            ident = _get_ident()
+        item = [deadline, next(self._seq), ident, scope, seconds, action]
         mutex = self._mutex
         mutex.acquire()
         try:
@@ -162,10 +166,20 @@ class _Watchdog:
                 wake_at = self._wake_at
             for item in due:
                 ident = item[_IDENT]
-                if ident is not None:
+                if ident is None:
+                    continue
+                action = item[_ACTION]
+                if action is None:
                     exc = TimeLimitExceeded(
                         "time limit of %g s exceeded" % item[_SECONDS])
                     _deliver(ident, exc, scope=item[_SCOPE])
+                    continue
+                try:
+                    action()
+                except BaseException as exc:
+                    # Never lose the watchdog to one action.
+                    _report_unraisable(exc, action)
+                    exc = None
             if wake_at == _math.inf:
                 self._wake.acquire()
                 continue
@@ -187,6 +201,27 @@ class _Watchdog:
                 # Close enough: hold on to the GIL until the deadline.
                 while _monotonic() < wake_at:
                     pass
+
+
+def _report_unraisable(exc, obj):
+    hook = getattr(_sys, "unraisablehook", None)
+    if hook is None:
+        return
+    hook(_UnraisableArgs(type(exc), exc, exc.__traceback__,
+                         "Exception ignored in xthread watchdog action", obj))
+
+
+class _UnraisableArgs:
+    # What sys.unraisablehook reads: the attributes of its argument.
+    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg",
+                 "object")
+
+    def __init__(self, exc_type, exc_value, exc_traceback, err_msg, obj):
+        self.exc_type = exc_type
+        self.exc_value = exc_value
+        self.exc_traceback = exc_traceback
+        self.err_msg = err_msg
+        self.object = obj
 
 
 _watchdog = _Watchdog()

@@ -61,6 +61,15 @@ def _track_for_shutdown(sentinel):
             _shutdown_prune_at = 2 * len(_shutdown_sentinels) + 64
 
 
+def _release_from_exit_wait(thread):
+    """Interpreter exit no longer waits for *thread*, as if it were a
+    daemon thread: for a pool worker written off while stuck in a call
+    that no exception reaches."""
+    thread._xthread_daemonic = True
+    with _shutdown_lock:
+        _shutdown_sentinels.discard(thread._xthread_sentinel)
+
+
 def _join_non_daemon_threads():
     """Run by ``threading._shutdown`` before it joins stdlib's threads."""
     while True:
