@@ -18,6 +18,7 @@ import functools as _functools
 import logging as _logging
 import os as _os
 import queue as _queue
+import re as _re
 import time as _time
 import weakref as _weakref
 from concurrent.futures import _base
@@ -33,12 +34,20 @@ __all__ = ["ThreadPoolExecutor", "TaskCancelled", "StuckTask", "PoolHealth",
 
 _LOGGER = _logging.getLogger("xthread")
 
+# The first line of a format_stack entry for a frame of xthread's thread or
+# pool machinery.
+_OWN_FILES = _re.compile(
+    r'\A  File "' + _re.escape(_os.path.join(
+        _os.path.dirname(_os.path.abspath(__file__)), "")) +
+    r'_(?:thread|pool)\.py"')
+
 _deliver = _xthread._deliver
 _find_record = _xthread._find_record
 _get_ident = _xthread.get_ident
 _monotonic = _time.monotonic
 _watchdog = _stop._watchdog
 
+_PENDING = _base.PENDING
 _RUNNING = _base.RUNNING
 _FINISHED = _base.FINISHED
 _CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
@@ -150,6 +159,7 @@ class Future(_futures.Future):
             task = self._xthread_task
             if self._state != _RUNNING or task is None:
                 stopped = None
+                pending = self._state == _PENDING
             else:
                 # Under the future's lock: the worker sets a result or an
                 # exception under it too, so exactly one of the two wins.
@@ -161,20 +171,67 @@ class Future(_futures.Future):
                         waiter.add_cancelled(self)
                     self._condition.notify_all()
         if stopped is None:
-            return super().cancel()
+            if not super().cancel():
+                return False
+            if pending:
+                # Cancelled before it ran: it never will.
+                self._let_go()
+            return True
         if stopped:
             self._invoke_callbacks()
         return stopped
 
+    # Whether the task's code no longer runs on a serving worker; and who
+    # waits for that (see wait_stopped).
+    _xthread_let_go = False
+    _xthread_stopped_callbacks = None
+
+    def _let_go(self):
+        with self._condition:
+            if self._xthread_let_go:
+                return
+            self._xthread_let_go = True
+            callbacks = self._xthread_stopped_callbacks
+            self._xthread_stopped_callbacks = None
+            self._condition.notify_all()
+        for fn in callbacks or ():
+            try:
+                fn(self)
+            except Exception:
+                _LOGGER.exception("exception calling stopped callback "
+                                  "for %r", self)
+
+    def add_stopped_callback(self, fn):
+        """Call ``fn(future)`` once the task's code no longer runs on a
+        serving worker (see ``wait_stopped``): at once if that is so
+        already, else in the thread where it happens."""
+        with self._condition:
+            if not self._xthread_let_go:
+                if self._xthread_stopped_callbacks is None:
+                    self._xthread_stopped_callbacks = []
+                self._xthread_stopped_callbacks.append(fn)
+                return
+        fn(self)
+
     def wait_stopped(self, timeout=None):
         """Wait until the task's code no longer runs on a serving worker:
-        it ended (or never ran), or its worker was written off stuck.
-        Returns whether that is so (False: *timeout* passed). A cancelled
-        future is done at once; this tells when its thread let go."""
-        task = self._xthread_task
-        if task is None:
-            return True
-        return task.finished.wait(timeout)
+        it ended, it will never run (cancelled while pending, or the pool
+        broke), or its worker was written off stuck. Returns whether that
+        is so (False: *timeout* passed). A running task's future is done
+        as soon as it is cancelled; this tells when its thread let go."""
+        with self._condition:
+            return self._condition.wait_for(
+                lambda: self._xthread_let_go, timeout)
+
+
+def _result_or_cancel(future, timeout=None):
+    try:
+        try:
+            return future.result(timeout)
+        finally:
+            future.cancel()
+    finally:
+        del future
 
 
 def _finish(future, result=None, exception=None):
@@ -211,10 +268,14 @@ class _WorkItem:
 class _Worker:
     """A worker thread's state, shared with its pool."""
 
-    __slots__ = ("thread", "written_off", "released", "__weakref__")
+    __slots__ = ("thread", "generation", "written_off", "released",
+                 "__weakref__")
 
     def __init__(self):
         self.thread = None
+        # Set by the worker itself (its thread may run before start()
+        # has returned the generation to the pool).
+        self.generation = 0
         self.written_off = False
         # Set when the worker stops serving: its loop ended, or it was
         # written off. shutdown(wait=True) waits on this, not on join(),
@@ -228,8 +289,7 @@ class _Task(_xthread.Scoped):
 
     __slots__ = ("pool", "worker", "future", "name", "ident", "generation",
                  "scope", "lock", "ended", "sent_at", "reason", "exc",
-                 "limit", "items", "resends", "finished", "callbacks",
-                 "stuck")
+                 "limit", "items", "resends", "stuck")
 
     def __init__(self, pool, worker, future, fn):
         self.pool = pool
@@ -237,7 +297,7 @@ class _Task(_xthread.Scoped):
         self.future = future
         self.name = getattr(fn, "__qualname__", None) or repr(fn)
         self.ident = _get_ident()
-        self.generation = worker.thread._xthread_generation
+        self.generation = worker.generation
         self.scope = 0
         self.lock = _xthread.allocate_lock()
         self.ended = False
@@ -247,25 +307,7 @@ class _Task(_xthread.Scoped):
         self.resends = 0
         self.exc = None
         self.limit = None
-        self.finished = _Event()
-        self.callbacks = []
         self.stuck = None
-
-    def _set_finished(self):
-        with self.lock:
-            callbacks, self.callbacks = self.callbacks, None
-        self.finished.set()
-        for callback in callbacks or ():
-            callback()
-
-    def add_finished_callback(self, fn):
-        """Call fn() (in some thread) once the task let go of its worker:
-        it ended, or was written off stuck."""
-        with self.lock:
-            if self.callbacks is not None:
-                self.callbacks.append(fn)
-                return
-        fn()
 
     def _scope_entered(self, scope):
         self.scope = scope
@@ -282,7 +324,6 @@ class _Task(_xthread.Scoped):
             stuck.released_at = _monotonic()
             stuck.released.set()
             self.pool._stuck_released(stuck)
-        self._set_finished()
 
     def arm_limit(self, seconds):
         self.limit = seconds
@@ -344,6 +385,13 @@ class _Task(_xthread.Scoped):
             if record is not None and record.generation != self.generation:
                 record = None
             stack, in_c_call = _stop._stuck_report(self.ident, record)
+            if stack:
+                # From the task's own frames on: the worker's machinery
+                # above them says nothing about where it is stuck.
+                own = [i for i, entry in enumerate(stack)
+                       if _OWN_FILES.search(entry)]
+                if own and own[-1] + 1 < len(stack):
+                    stack = stack[own[-1] + 1:]
             stuck = StuckTask(self.future, self.name, self.worker.thread,
                               self.reason,
                               stack, in_c_call, self.sent_at)
@@ -353,7 +401,7 @@ class _Task(_xthread.Scoped):
         if self.reason == "time limit":
             _finish(self.future, exception=self.exc)
         self.pool._write_off(self.worker, stuck)
-        self._set_finished()
+        self.future._let_go()
 
 
 def _run_task(pool, worker, item):
@@ -379,12 +427,14 @@ def _run_task(pool, worker, item):
         _finish(future, result)
     finally:
         pool._task_ended(task)
+        future._let_go()
 
 
 def _worker(executor_reference, worker, work_queue, initializer, initargs):
     # As concurrent.futures.thread._worker (3.13's idle accounting), with
     # each task run in its own delivery scope and a stop for a written-off
     # worker.
+    worker.generation = _xthread._record().generation
     try:
         if initializer is not None:
             try:
@@ -412,6 +462,7 @@ def _worker(executor_reference, worker, work_queue, initializer, initargs):
                     # (The pool is gone: its items hold their futures only.)
                     _finish(work_item.future, exception=RuntimeError(
                         "the executor was garbage-collected"))
+                    work_item.future._let_go()
                     return
                 _run_task(executor, worker, work_item)
                 del executor, work_item
@@ -499,6 +550,29 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
             raise TypeError("seconds must be a number, not None")
         return self._submit(seconds, fn, args, kwargs)
 
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """As stdlib's ``Executor.map``; on a timeout (or when the iterator
+        is closed early) every call not yet done is cancelled, the one
+        that timed out included, and so stopped if running (3.9 and 3.10
+        leave the timed-out call running)."""
+        if timeout is not None:
+            end_time = timeout + _monotonic()
+        fs = [self.submit(fn, *args) for args in zip(*iterables)]
+
+        def result_iterator():
+            try:
+                fs.reverse()
+                while fs:
+                    if timeout is None:
+                        yield _result_or_cancel(fs.pop())
+                    else:
+                        yield _result_or_cancel(fs.pop(),
+                                                end_time - _monotonic())
+            finally:
+                for future in fs:
+                    future.cancel()
+        return result_iterator()
+
     def _submit(self, limit, fn, args, kwargs):
         if not callable(fn):
             raise TypeError("the task must be callable, not %s"
@@ -517,6 +591,21 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
             f.add_done_callback(self._count_done)
             self._adjust_thread_count()
             return f
+
+    def _initializer_failed(self):
+        # As stdlib's, and the drained futures let go (they never run).
+        with self._shutdown_lock:
+            self._broken = ("A thread initializer failed, the thread pool "
+                            "is not usable anymore")
+            while True:
+                try:
+                    work_item = self._work_queue.get_nowait()
+                except _queue.Empty:
+                    break
+                if work_item is not None:
+                    work_item.future.set_exception(
+                        _cft.BrokenThreadPool(self._broken))
+                    work_item.future._let_go()
 
     def _count_done(self, future):
         with self._state_lock:
@@ -635,6 +724,7 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
                         break
                     if work_item is not None:
                         work_item.future.cancel()
+                        work_item.future._let_go()
             self._work_queue.put(None)
             workers = list(self._workers.values())
         if interrupt:
@@ -695,20 +785,17 @@ async def to_thread(func, /, *args, **kwargs):
 
 
 async def _stopped(future, loop):
-    task = future._xthread_task
-    if task is None or task.finished.is_set():
-        return
     waiter = loop.create_future()
 
     def wake():
         if not waiter.done():
             waiter.set_result(None)
 
-    def on_finished():
+    def on_stopped(future):
         try:
             loop.call_soon_threadsafe(wake)
         except RuntimeError:
             pass        # the loop is closed: nobody waits any more
 
-    task.add_finished_callback(on_finished)
+    future.add_stopped_callback(on_stopped)
     await waiter
