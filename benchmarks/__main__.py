@@ -30,7 +30,7 @@ import tracemalloc
 
 import xthread
 
-from . import _stop
+from . import _pool, _stop
 
 IMPLS = {"stdlib": threading.Thread, "xthread": xthread.Thread}
 
@@ -95,7 +95,7 @@ WORKLOADS = [
     ("start+join", _per_class(wl_start_join), 200, ("ratio", 0.8)),
     ("burst of 200", _per_class(wl_burst), 1, ("ratio", 1.0)),
     ("2000 threads", _per_class(wl_many), 1, ("ratio", 1.0)),
-] + _stop.WORKLOADS
+] + _stop.WORKLOADS + _pool.WORKLOADS
 
 
 def measure(impls, loops, rounds):

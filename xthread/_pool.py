@@ -181,16 +181,22 @@ class Future(_futures.Future):
             self._invoke_callbacks()
         return stopped
 
-    # Whether the task's code no longer runs on a serving worker; and who
-    # waits for that (see wait_stopped).
+    # Whether the task's code no longer runs on a serving worker; whether
+    # anyone waits for that (wait_stopped, add_stopped_callback), and
+    # their callbacks. The flag is set without the future's lock, which
+    # only watched futures take: the worker does not contend for the lock
+    # with a caller that result() just woke.
     _xthread_let_go = False
+    _xthread_watched = False
     _xthread_stopped_callbacks = None
 
-    def _let_go(self):
+    def _let_go(self, notify=True):
+        # notify=False only sets the flag: the worker notifies once the
+        # outcome is set, so that stopped callbacks can read it.
+        self._xthread_let_go = True
+        if not (notify and self._xthread_watched):
+            return
         with self._condition:
-            if self._xthread_let_go:
-                return
-            self._xthread_let_go = True
             callbacks = self._xthread_stopped_callbacks
             self._xthread_stopped_callbacks = None
             self._condition.notify_all()
@@ -206,6 +212,7 @@ class Future(_futures.Future):
         serving worker (see ``wait_stopped``): at once if that is so
         already, else in the thread where it happens."""
         with self._condition:
+            self._xthread_watched = True
             if not self._xthread_let_go:
                 if self._xthread_stopped_callbacks is None:
                     self._xthread_stopped_callbacks = []
@@ -220,6 +227,7 @@ class Future(_futures.Future):
         is so (False: *timeout* passed). A running task's future is done
         as soon as it is cancelled; this tells when its thread let go."""
         with self._condition:
+            self._xthread_watched = True
             return self._condition.wait_for(
                 lambda: self._xthread_let_go, timeout)
 
@@ -407,27 +415,34 @@ class _Task(_xthread.Scoped):
 def _run_task(pool, worker, item):
     future = item.future
     task = _Task(pool, worker, future, item.fn)
+    ran = False
+    result = exception = None
     try:
         with task:
             future._xthread_task = task
-            if not future.set_running_or_notify_cancel():
-                return
-            pool._task_started(task)
-            limit = item.limit
-            if limit is not None:
-                task.arm_limit(limit)
-            result = item.fn(*item.args, **item.kwargs)
+            if future.set_running_or_notify_cancel():
+                ran = True
+                pool._task_started(task)
+                limit = item.limit
+                if limit is not None:
+                    task.arm_limit(limit)
+                result = item.fn(*item.args, **item.kwargs)
     except BaseException as exc:
         # A stop sent for this task lands inside the with-block at the
         # latest; its scope closed in C before the with-exit returned.
-        # A cancelled future keeps its cancellation.
-        _finish(future, exception=exc)
+        exception = exc
         exc = None
-    else:
-        _finish(future, result)
     finally:
         pool._task_ended(task)
-        future._let_go()
+        # Let go before the outcome is set: whoever result() wakes finds
+        # the worker done with the task, and the worker does not contend
+        # with it for the future's lock (see Future._let_go).
+        future._let_go(notify=False)
+    if ran:
+        # A cancelled future keeps its cancellation.
+        _finish(future, result, exception)
+        exception = None
+    future._let_go()
 
 
 def _worker(executor_reference, worker, work_queue, initializer, initargs):
@@ -588,7 +603,6 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
             f = Future()
             self._work_queue.put(_WorkItem(f, fn, args, kwargs, limit))
             self._submitted += 1
-            f.add_done_callback(self._count_done)
             self._adjust_thread_count()
             return f
 
@@ -606,10 +620,7 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
                     work_item.future.set_exception(
                         _cft.BrokenThreadPool(self._broken))
                     work_item.future._let_go()
-
-    def _count_done(self, future):
-        with self._state_lock:
-            self._completed += 1
+                    self._drained()
 
     def _adjust_thread_count(self):
         # As stdlib's, with xthread workers; named by how many were
@@ -645,8 +656,16 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
             self._running.add(task)
 
     def _task_ended(self, task):
+        # Every future that reaches a worker passes here (one cancelled
+        # while pending too); it is done by the time anyone looks.
         with self._state_lock:
             self._running.discard(task)
+            self._completed += 1
+
+    def _drained(self):
+        # A pending future taken off the queue without reaching a worker.
+        with self._state_lock:
+            self._completed += 1
 
     def _write_off(self, worker, stuck):
         # In the watchdog thread: the task did not stop within the grace
@@ -725,6 +744,7 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
                     if work_item is not None:
                         work_item.future.cancel()
                         work_item.future._let_go()
+                        self._drained()
             self._work_queue.put(None)
             workers = list(self._workers.values())
         if interrupt:
