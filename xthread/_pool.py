@@ -295,7 +295,7 @@ class _Task(_xthread.Scoped):
     """One task on its worker: a delivery scope (``with task:``, its
     ``__enter__``/``__exit__`` in C) that stops are sent into."""
 
-    __slots__ = ("pool", "worker", "future", "name", "ident", "generation",
+    __slots__ = ("pool", "worker", "future", "fn", "ident", "generation",
                  "scope", "lock", "ended", "sent_at", "reason", "exc",
                  "limit", "items", "resends", "stuck")
 
@@ -303,7 +303,7 @@ class _Task(_xthread.Scoped):
         self.pool = pool
         self.worker = worker
         self.future = future
-        self.name = getattr(fn, "__qualname__", None) or repr(fn)
+        self.fn = fn
         self.ident = _get_ident()
         self.generation = worker.generation
         self.scope = 0
@@ -321,9 +321,14 @@ class _Task(_xthread.Scoped):
         self.scope = scope
 
     def _scope_exited(self, scope):
-        # The scope is closed (in C): nothing sent for it can land now.
+        # The scope is closed (in C): nothing sent for it can land now,
+        # and stop() finds it ended. A task that was sent nothing and has
+        # no limit is done (the common case, kept off the lock); items a
+        # stop adds after this look at `ended` before acting.
+        self.ended = True
+        if self.sent_at is None and not self.items:
+            return
         with self.lock:
-            self.ended = True
             items, self.items = self.items, []
             stuck = self.stuck
         for item in items:
@@ -400,7 +405,8 @@ class _Task(_xthread.Scoped):
                        if _OWN_FILES.search(entry)]
                 if own and own[-1] + 1 < len(stack):
                     stack = stack[own[-1] + 1:]
-            stuck = StuckTask(self.future, self.name, self.worker.thread,
+            name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
+            stuck = StuckTask(self.future, name, self.worker.thread,
                               self.reason,
                               stack, in_c_call, self.sent_at)
             self.stuck = stuck
@@ -467,7 +473,7 @@ def _worker(executor_reference, worker, work_queue, initializer, initargs):
             except _queue.Empty:
                 executor = executor_reference()
                 if executor is not None:
-                    executor._idle_semaphore.release()
+                    executor._idle.append(None)
                 del executor
                 work_item = work_queue.get(block=True)
 
@@ -537,6 +543,7 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
             raise TypeError("grace must be a number, not None")
         super().__init__(max_workers, thread_name_prefix, initializer,
                          initargs)
+        self._idle = _collections.deque()
         self._time_limit = time_limit
         self._grace = grace
         self._spawned = 0
@@ -626,8 +633,13 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
         # As stdlib's, with xthread workers; named by how many were
         # started (stdlib counts live ones, which is the same number
         # until a worker is replaced).
-        if self._idle_semaphore.acquire(timeout=0):
+        # Idle workers: one token each in a deque (append and pop are
+        # single C calls), instead of stdlib's Python-level semaphore.
+        try:
+            self._idle.pop()
             return
+        except IndexError:
+            pass
         if len(self._threads) < self._max_workers:
             self._spawn()
 
@@ -652,8 +664,7 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
     # Running tasks
 
     def _task_started(self, task):
-        with self._state_lock:
-            self._running.add(task)
+        self._running.add(task)     # (one C call: atomic)
 
     def _task_ended(self, task):
         # Every future that reaches a worker passes here (one cancelled
