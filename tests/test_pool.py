@@ -485,6 +485,27 @@ def test_wait_for_timeout_stops_to_thread():
     assert asyncio.run(main())[1:] == ["finally"]
 
 
+def test_cancelled_to_thread_stuck_in_c_ends_after_the_grace_period(caplog):
+    blocker = CBlocker()
+
+    async def main():
+        task = asyncio.ensure_future(xthread.to_thread(blocker))
+        while not blocker.started.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The await ended although the call has not returned.
+        return blocker.lock.locked()
+    try:
+        with caplog.at_level(logging.WARNING, logger="xthread"):
+            assert asyncio.run(main()) is True
+        assert any("inside a C call" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        blocker.release()
+
+
 # The demo
 
 
