@@ -618,16 +618,8 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
         with self._shutdown_lock:
             self._broken = ("A thread initializer failed, the thread pool "
                             "is not usable anymore")
-            while True:
-                try:
-                    work_item = self._work_queue.get_nowait()
-                except _queue.Empty:
-                    break
-                if work_item is not None:
-                    work_item.future.set_exception(
-                        _cft.BrokenThreadPool(self._broken))
-                    work_item.future._let_go()
-                    self._drained()
+            broken = _cft.BrokenThreadPool(self._broken)
+            self._drain(lambda future: future.set_exception(broken))
 
     def _adjust_thread_count(self):
         # As stdlib's, with xthread workers; named by how many were
@@ -673,10 +665,22 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
             self._running.discard(task)
             self._completed += 1
 
-    def _drained(self):
-        # A pending future taken off the queue without reaching a worker.
+    def _drain(self, settle):
+        # Under _shutdown_lock: take every pending item off the queue;
+        # settle(future) decides each one's end, and it lets go (it will
+        # never run).
+        drained = 0
+        while True:
+            try:
+                work_item = self._work_queue.get_nowait()
+            except _queue.Empty:
+                break
+            if work_item is not None:
+                settle(work_item.future)
+                work_item.future._let_go()
+                drained += 1
         with self._state_lock:
-            self._completed += 1
+            self._completed += drained
 
     def _write_off(self, worker, stuck):
         # In the watchdog thread: the task did not stop within the grace
@@ -747,15 +751,7 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures or interrupt:
-                while True:
-                    try:
-                        work_item = self._work_queue.get_nowait()
-                    except _queue.Empty:
-                        break
-                    if work_item is not None:
-                        work_item.future.cancel()
-                        work_item.future._let_go()
-                        self._drained()
+                self._drain(Future.cancel)
             self._work_queue.put(None)
             workers = list(self._workers.values())
         if interrupt:
