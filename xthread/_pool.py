@@ -77,7 +77,8 @@ class StuckTask:
     worker's Python stack when written off (``traceback.format_stack``
     strings). ``in_c_call``: whether it sat in a C call that no exception
     reaches (``time.sleep``, a socket read, another library's lock).
-    ``sent_at`` / ``written_off_at``: ``time.monotonic()`` times.
+    ``where``: ``file:line`` of the task's innermost Python frame (None
+    when the task is itself a C function). ``sent_at`` / ``written_off_at``: ``time.monotonic()`` times.
     ``released``: an ``xthread.Event`` set once the task's call returned
     and the worker let go of it; ``released_at``: when.
     """
@@ -403,7 +404,8 @@ class _Task(_xthread.Scoped):
                 # above them says nothing about where it is stuck.
                 own = [i for i, entry in enumerate(stack)
                        if _OWN_FILES.search(entry)]
-                if own and own[-1] + 1 < len(stack):
+                if own:
+                    # (Nothing left: the task is itself a C function.)
                     stack = stack[own[-1] + 1:]
             name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
             stuck = StuckTask(self.future, name, self.worker.thread,
@@ -447,7 +449,27 @@ def _run_task(pool, worker, item):
     if ran:
         # A cancelled future keeps its cancellation.
         _finish(future, result, exception)
-        exception = None
+        exception = result = None
+    future._let_go()
+    if task.stuck is None:
+        # Done with: neither the future nor a stray reference to the task
+        # keeps the pool, the callable or its arguments alive (stdlib's
+        # futures hold none of them).
+        future._xthread_task = None
+        task.fn = task.pool = task.future = None
+
+
+def _run_plain(item):
+    # A task with no pool to stop it: stdlib's _WorkItem.run.
+    future = item.future
+    if future.set_running_or_notify_cancel():
+        try:
+            result = item.fn(*item.args, **item.kwargs)
+        except BaseException as exc:
+            _finish(future, exception=exc)
+            exc = None
+        else:
+            _finish(future, result)
     future._let_go()
 
 
@@ -480,11 +502,12 @@ def _worker(executor_reference, worker, work_queue, initializer, initargs):
             if work_item is not None:
                 executor = executor_reference()
                 if executor is None:
-                    # (The pool is gone: its items hold their futures only.)
-                    _finish(work_item.future, exception=RuntimeError(
-                        "the executor was garbage-collected"))
-                    work_item.future._let_go()
-                    return
+                    # The pool was collected with work queued: run it, as
+                    # stdlib does (nothing is left to stop it); the
+                    # collection queued a None after it.
+                    _run_plain(work_item)
+                    del work_item
+                    continue
                 _run_task(executor, worker, work_item)
                 del executor, work_item
                 if worker.written_off:
@@ -686,7 +709,8 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
         # In the watchdog thread: the task did not stop within the grace
         # period. Its worker stops counting; a new one takes its place.
         thread = worker.thread
-        where = stuck.where or "an unknown place"
+        where = stuck.where or ("%s, a C function called by the worker"
+                                % stuck.task_name)
         _LOGGER.warning(
             "%s: task %s did not stop %.0f ms after it was %s; it is %s at "
             "%s. Its worker is written off and replaced; it will exit when "
@@ -747,7 +771,8 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
         """As stdlib's, and with *interrupt* true, also stop every running
         task (``TaskCancelled`` raised in it; its future is cancelled);
         *interrupt* implies *cancel_futures*. With *wait*, return once every
-        worker has ended or been written off stuck."""
+        worker has ended, or been written off stuck and waited for at most
+        one grace period more."""
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures or interrupt:
@@ -758,12 +783,22 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
             with self._state_lock:
                 running = list(self._running)
             for task in running:
-                task.future.cancel()
+                future = task.future
+                if future is not None:      # (None: it has just ended)
+                    future.cancel()
         if wait:
             for worker in workers:
                 worker.released.wait()
                 if not worker.written_off:
                     worker.thread.join()
+            # A written-off worker is waited for one grace period more: a
+            # call that returns by then lets it end before shutdown does.
+            deadline = _monotonic() + self._grace
+            with self._state_lock:
+                stuck = list(self._stuck)
+            for report in stuck:
+                if report.released.wait(max(0.0, deadline - _monotonic())):
+                    report.thread.join(max(0.0, deadline - _monotonic()))
 
 
 # to_thread
