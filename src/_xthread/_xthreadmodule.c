@@ -507,11 +507,16 @@ time_left(long long deadline_us)
  * after its thread state is gone: it may then use neither the GIL nor
  * Py_DECREF, and the lock object may already have been freed by then.
  *
- * A lock is a flag and a FIFO of parked waiters, both guarded by a short
- * OS mutex (never held while blocking). release() hands the lock to the
- * first waiter, which wakes owning it; a waiter whose thread is sent an
- * exception leaves the queue and returns, so the exception is raised as
- * soon as the wait's caller resumes.
+ * A lock is a flag and a FIFO of parked waiters. The queue is guarded by
+ * a short OS mutex (never held while blocking). A free lock is taken by a
+ * compare-and-swap on the flag, without the mutex, so that taking it
+ * never waits for a thread that is releasing another lock under the same
+ * mutex (a joiner and the exiting thread that frees its sentinel); only
+ * a holder of the mutex turns the flag back to free or keeps it set to
+ * hand the lock over. release() hands the lock to the first waiter, which
+ * wakes owning it; a waiter whose thread is sent an exception leaves the
+ * queue and returns, so the exception is raised as soon as the wait's
+ * caller resumes.
  *
  * Owners: the lock object (one reference) and each thread that will
  * release the lock at its exit (one reference each). */
@@ -563,18 +568,14 @@ lock_core_decref(lock_core *core)
     }
 }
 
-/* Takes the lock if it is free; never blocks for long. */
+/* Takes the lock if it is free; never blocks. While the lock is held only
+ * a holder of core->mutex frees it, so a caller holding the mutex that
+ * sees it held may rely on that until it lets go of the mutex. */
 static int
 lock_core_try(lock_core *core)
 {
-    int got = 0;
-    PyThread_acquire_lock(core->mutex, WAIT_LOCK);
-    if (!atomic_load(&core->locked)) {
-        atomic_store(&core->locked, 1);
-        got = 1;
-    }
-    PyThread_release_lock(core->mutex);
-    return got;
+    int expected = 0;
+    return atomic_compare_exchange_strong(&core->locked, &expected, 1);
 }
 
 /* Called with core->mutex held: hands the lock to the first waiter, or
@@ -645,8 +646,7 @@ lock_core_enqueue(lock_core *core, waiter *w)
 {
     int taken = 0;
     PyThread_acquire_lock(core->mutex, WAIT_LOCK);
-    if (!atomic_load(&core->locked)) {
-        atomic_store(&core->locked, 1);
+    if (lock_core_try(core)) {
         taken = 1;
     }
     else {
