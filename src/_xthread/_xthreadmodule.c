@@ -9,9 +9,9 @@
  *
  *     parent (GIL held)                      child (new OS thread)
  *     -----------------                      ---------------------
- *     bootstate + refs
+ *     bootstate + refs, GIL dropped
  *     PyThread_start_new_thread  ------->    native id, PyThreadState_New
- *     wait (GIL dropped)        <-------     handshake: tstate exists
+ *     wait                      <-------     handshake: tstate exists
  *     return ident                           PyEval_AcquireThread (GIL)
  *                                            function(*args, **kwargs)
  *                                            drop refs, _count -= 1
@@ -1277,13 +1277,28 @@ start_thread(PyObject *module, bootstate *boot,
     boot->hs = &hs;
 
     (*xthread_count_ref(state))++;
-    /* Called with the thread state attached: PyThread_start_new_thread
-     * reads the stack size set by stack_size() from the current thread
-     * state, and uses the platform default when there is none. */
-    unsigned long id = PyThread_start_new_thread(thread_run, boot);
-    if (id != PYTHREAD_INVALID_THREAD_ID) {
+    /* PyThread_start_new_thread reads the stack size set by stack_size()
+     * from the current thread state, and uses the platform default when
+     * there is none. So with a size set, the thread is made with the
+     * thread state attached; with none (the usual case) the GIL is
+     * dropped first: making an OS thread takes tens of microseconds in the
+     * kernel, during which threads started just before run their Python
+     * instead of waiting for this one. */
+    unsigned long id;
+    if (PyThread_get_stacksize() != 0) {
+        id = PyThread_start_new_thread(thread_run, boot);
+        if (id != PYTHREAD_INVALID_THREAD_ID) {
+            Py_BEGIN_ALLOW_THREADS
+            PyThread_acquire_lock(hs.done, WAIT_LOCK);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    else {
         Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(hs.done, WAIT_LOCK);
+        id = PyThread_start_new_thread(thread_run, boot);
+        if (id != PYTHREAD_INVALID_THREAD_ID) {
+            PyThread_acquire_lock(hs.done, WAIT_LOCK);
+        }
         Py_END_ALLOW_THREADS
     }
     PyThread_free_lock(hs.done);
