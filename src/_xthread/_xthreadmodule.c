@@ -571,10 +571,10 @@ time_left(long long deadline_us)
  * A lock is a flag and a FIFO of parked waiters. The queue is guarded by
  * a short OS mutex (never held while blocking). A free lock is taken by a
  * compare-and-swap on the flag, without the mutex, so that taking it
- * never waits for a thread that is releasing another lock under the same
- * mutex (a joiner and the exiting thread that frees its sentinel); only
- * a holder of the mutex turns the flag back to free or keeps it set to
- * hand the lock over. release() hands the lock to the first waiter, which
+ * never waits for a thread that has just freed it and still holds the
+ * mutex (a joiner, and the exiting thread that releases its sentinel);
+ * only a holder of the mutex turns the flag back to free or keeps it set
+ * to hand the lock over. release() hands the lock to the first waiter, which
  * wakes owning it; a waiter whose thread is sent an exception leaves the
  * queue and returns, so the exception is raised as soon as the wait's
  * caller resumes.
