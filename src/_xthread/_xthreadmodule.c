@@ -65,13 +65,19 @@ typedef struct reg_entry {
     int start_shield;
 } reg_entry;
 
-/* The entries of the threads that xthread knows, by ident. A list guarded
- * by its own OS mutex, because a thread that _xthread starts enters it
- * before it has the GIL. */
+/* The entries of the threads that xthread knows, by ident: a hash table
+ * of doubly linked chains, so that finding a thread and removing one cost
+ * the same with thousands alive as with one. Guarded by its own OS mutex,
+ * because a thread that _xthread starts enters it before it has the GIL.
+ * The table doubles when it holds twice as many entries as chains. */
 typedef struct xthread_registry {
     PyThread_type_lock mutex;
-    reg_entry *head;
+    reg_entry **chains;
+    size_t nchains;             /* a power of two */
+    size_t count;
 } xthread_registry;
+
+#define REGISTRY_MIN_CHAINS 64
 
 typedef struct {
     PyTypeObject *lock_type;
@@ -157,17 +163,66 @@ typedef struct recordobject {
     long long landed_at_us;
 } recordobject;
 
+/* Idents are addresses of thread control blocks, aligned and a stack
+ * apart: mix the high bits in. */
+static inline size_t
+registry_chain(const xthread_registry *reg, unsigned long ident)
+{
+    unsigned long long h = (unsigned long long)ident * 0x9E3779B97F4A7C15ULL;
+    return (size_t)(h >> 32) & (reg->nchains - 1);
+}
+
+static void
+registry_push(xthread_registry *reg, reg_entry *e)
+{
+    reg_entry **chain = &reg->chains[registry_chain(reg, e->ident)];
+    e->prev = NULL;
+    e->next = *chain;
+    if (*chain != NULL) {
+        (*chain)->prev = e;
+    }
+    *chain = e;
+}
+
+/* Doubles the table, keeping each chain's order (newest first). With the
+ * mutex held; no GIL needed. On allocation failure the chains just grow
+ * longer. */
+static void
+registry_grow(xthread_registry *reg)
+{
+    size_t old_n = reg->nchains;
+    reg_entry **old = reg->chains;
+    reg_entry **grown = PyMem_RawCalloc(old_n * 2, sizeof(reg_entry *));
+    if (grown == NULL) {
+        return;
+    }
+    reg->chains = grown;
+    reg->nchains = old_n * 2;
+    for (size_t i = 0; i < old_n; i++) {
+        reg_entry *e = old[i];
+        reg_entry *last = NULL;
+        while (e != NULL && e->next != NULL) {
+            e = e->next;
+        }
+        /* Oldest first, so that pushing keeps the newest in front. */
+        for (; e != NULL; e = last) {
+            last = e->prev;
+            registry_push(reg, e);
+        }
+    }
+    PyMem_RawFree(old);
+}
+
 static void
 registry_link(xthread_registry *reg, reg_entry *e)
 {
     PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
-    e->registry = reg;
-    e->prev = NULL;
-    e->next = reg->head;
-    if (reg->head != NULL) {
-        reg->head->prev = e;
+    if (reg->count >= 2 * reg->nchains) {
+        registry_grow(reg);
     }
-    reg->head = e;
+    e->registry = reg;
+    registry_push(reg, e);
+    reg->count++;
     PyThread_release_lock(reg->mutex);
 }
 
@@ -183,25 +238,27 @@ registry_unlink(reg_entry *e)
         e->prev->next = e->next;
     }
     else {
-        reg->head = e->next;
+        reg->chains[registry_chain(reg, e->ident)] = e->next;
     }
     if (e->next != NULL) {
         e->next->prev = e->prev;
     }
     e->prev = e->next = NULL;
     e->registry = NULL;
+    reg->count--;
     PyThread_release_lock(reg->mutex);
 }
 
 /* The entry of the live thread with this ident, or NULL (borrowed; valid
- * while the GIL is held, since entries leave the list only with it). The
+ * while the GIL is held, since entries leave the table only with it). The
  * newest wins if a dead thread's entry lingers. */
 static reg_entry *
 registry_find(xthread_registry *reg, unsigned long ident)
 {
     reg_entry *found = NULL;
     PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
-    for (reg_entry *e = reg->head; e != NULL; e = e->next) {
+    for (reg_entry *e = reg->chains[registry_chain(reg, ident)]; e != NULL;
+         e = e->next) {
         if (e->ident == ident) {
             found = e;
             break;
@@ -2599,9 +2656,12 @@ xthread_exec(PyObject *module)
     state->pid = getpid();
     state->next_generation = 0;
     state->next_token = 0;
-    state->registry.head = NULL;
+    state->registry.count = 0;
+    state->registry.nchains = REGISTRY_MIN_CHAINS;
+    state->registry.chains = PyMem_RawCalloc(REGISTRY_MIN_CHAINS,
+                                             sizeof(reg_entry *));
     state->registry.mutex = PyThread_allocate_lock();
-    if (state->registry.mutex == NULL) {
+    if (state->registry.chains == NULL || state->registry.mutex == NULL) {
         PyErr_NoMemory();
         return -1;
     }
@@ -2698,17 +2758,23 @@ xthread_free(void *module)
     xthread_state *state = get_xthread_state((PyObject *)module);
     if (state->registry.mutex != NULL) {
         PyThread_acquire_lock(state->registry.mutex, WAIT_LOCK);
-        for (reg_entry *e = state->registry.head; e != NULL;) {
-            reg_entry *next = e->next;
-            e->registry = NULL;
-            e->prev = e->next = NULL;
-            e = next;
+        for (size_t i = 0;
+             state->registry.chains != NULL && i < state->registry.nchains;
+             i++) {
+            for (reg_entry *e = state->registry.chains[i]; e != NULL;) {
+                reg_entry *next = e->next;
+                e->registry = NULL;
+                e->prev = e->next = NULL;
+                e = next;
+            }
         }
-        state->registry.head = NULL;
+        state->registry.count = 0;
         PyThread_release_lock(state->registry.mutex);
         PyThread_free_lock(state->registry.mutex);
         state->registry.mutex = NULL;
     }
+    PyMem_RawFree(state->registry.chains);
+    state->registry.chains = NULL;
 }
 
 static PyModuleDef_Slot xthread_slots[] = {
