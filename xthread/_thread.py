@@ -36,6 +36,9 @@ _find_record = _xthread._find_record
 _call_unshielded = _xthread._call_unshielded
 _monotonic = _time.monotonic
 _get_ident = _xthread.get_ident
+_get_native_id = _xthread.get_native_id
+_gettrace = _compat.gettrace
+_getprofile = _compat.getprofile
 _active = _compat.active
 _limbo = _compat.limbo
 _active_limbo_lock = _compat.active_limbo_lock
@@ -253,14 +256,14 @@ class Thread(_threading.Thread):
             # The parent sets these too once start() returns; this thread
             # may get here first.
             self._xthread_ident = ident
-            self._xthread_native_id = _xthread.get_native_id()
+            self._xthread_native_id = _get_native_id()
             with _active_limbo_lock():
                 _active[ident] = self
                 _limbo.pop(self, None)
-            trace = _compat.gettrace()
+            trace = _gettrace()
             if trace:
                 _sys.settrace(trace)
-            profile = _compat.getprofile()
+            profile = _getprofile()
             if profile:
                 _sys.setprofile(profile)
             # The thread started shielded; only run() and the excepthook

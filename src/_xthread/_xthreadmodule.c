@@ -9,9 +9,9 @@
  *
  *     parent (GIL held)                      child (new OS thread)
  *     -----------------                      ---------------------
- *     bootstate + refs
+ *     bootstate + refs, GIL dropped
  *     PyThread_start_new_thread  ------->    native id, PyThreadState_New
- *     wait (GIL dropped)        <-------     handshake: tstate exists
+ *     wait                      <-------     handshake: tstate exists
  *     return ident                           PyEval_AcquireThread (GIL)
  *                                            function(*args, **kwargs)
  *                                            drop refs, _count -= 1
@@ -39,14 +39,45 @@
 static struct PyModuleDef xthread_module;
 
 struct recordobject;
+struct xthread_registry;
 
-/* Records of the threads that xthread knows, by ident. A list guarded by
- * its own OS mutex, because a thread that _xthread starts enters it before
- * it has the GIL. */
-typedef struct {
+/* What the registry knows of one thread: its ident, its generation
+ * (idents are reused, generations are not) and its record once there is
+ * one. A thread that _xthread starts has its entry in its bootstate from
+ * before its start call returns, and gets a record only when it first
+ * needs one (a killable wait, a shield, a scope, _record()) or is sent an
+ * exception, or when _find_record() asks for it: most threads never do,
+ * and thread start should not pay for a Python object, a thread-state
+ * dict and a capsule. Any other thread's record carries its own entry.
+ *
+ * `record` is a strong reference in a bootstate's entry (dropped as the
+ * thread ends) and the record itself, borrowed, in a record's own entry.
+ * `start_shield` is the shield depth of a started thread whose record is
+ * not made yet; the record starts from it. Links are guarded by the
+ * registry's mutex; the other fields are read and written with the GIL
+ * held, except `ident`, set by the thread itself before it is linked. */
+typedef struct reg_entry {
+    struct reg_entry *prev, *next;      /* registry links */
+    struct xthread_registry *registry;  /* NULL when not linked */
+    unsigned long ident;
+    unsigned long long generation;
+    struct recordobject *record;
+    int start_shield;
+} reg_entry;
+
+/* The entries of the threads that xthread knows, by ident: a hash table
+ * of doubly linked chains, so that finding a thread and removing one cost
+ * the same with thousands alive as with one. Guarded by its own OS mutex,
+ * because a thread that _xthread starts enters it before it has the GIL.
+ * The table doubles when it holds twice as many entries as chains. */
+typedef struct xthread_registry {
     PyThread_type_lock mutex;
-    struct recordobject *head;
+    reg_entry **chains;
+    size_t nchains;             /* a power of two */
+    size_t count;
 } xthread_registry;
+
+#define REGISTRY_MIN_CHAINS 64
 
 typedef struct {
     PyTypeObject *lock_type;
@@ -86,14 +117,15 @@ monotonic_us(void)
 
 /* A record of one thread, made for every thread that waits in xthread or
  * is sent an exception through it: the semaphore it parks on in a killable
- * wait, its generation (idents are reused, generations are not), its
- * shield depth, the scopes it is in, and the exception it was last sent.
+ * wait, its generation, its shield depth, the scopes it is in, and the
+ * exception it was last sent.
  *
- * Owners: the thread's own state dict (through a capsule, so the record
- * goes when the thread state is cleared) and, for a thread that _xthread
- * starts, the bootstate until the thread has installed that capsule.
- * The registry (a list in module state) holds it borrowed: a record
- * leaves the list before it is freed. Fields other than the list links are
+ * Owners: for a thread that _xthread starts, its bootstate's registry
+ * entry, until the thread's function has returned; for any other thread,
+ * its own state dict (through a capsule, so the record goes when the
+ * thread state is cleared), while the record's own entry, which the
+ * registry holds, names it borrowed: that entry leaves the registry
+ * before the record is freed. Fields other than the entry's links are
  * read and written with the GIL held. */
 /* A delivery scope open in a thread, and the object that opened it (for
  * identity only: a Scoped finds its own innermost scope in this thread). */
@@ -104,8 +136,7 @@ typedef struct {
 
 typedef struct recordobject {
     PyObject_HEAD
-    struct recordobject *prev, *next;   /* registry links */
-    xthread_registry *registry;
+    reg_entry own;              /* a thread not started by _xthread */
     unsigned long ident;
     unsigned long long generation;
     PyThread_type_lock park;    /* posted to wake the thread from a wait */
@@ -132,53 +163,104 @@ typedef struct recordobject {
     long long landed_at_us;
 } recordobject;
 
+/* Idents are addresses of thread control blocks, aligned and a stack
+ * apart: mix the high bits in. */
+static inline size_t
+registry_chain(const xthread_registry *reg, unsigned long ident)
+{
+    unsigned long long h = (unsigned long long)ident * 0x9E3779B97F4A7C15ULL;
+    return (size_t)(h >> 32) & (reg->nchains - 1);
+}
+
 static void
-registry_link(xthread_registry *reg, recordobject *rec)
+registry_push(xthread_registry *reg, reg_entry *e)
+{
+    reg_entry **chain = &reg->chains[registry_chain(reg, e->ident)];
+    e->prev = NULL;
+    e->next = *chain;
+    if (*chain != NULL) {
+        (*chain)->prev = e;
+    }
+    *chain = e;
+}
+
+/* Doubles the table, keeping each chain's order (newest first). With the
+ * mutex held; no GIL needed. On allocation failure the chains just grow
+ * longer. */
+static void
+registry_grow(xthread_registry *reg)
+{
+    size_t old_n = reg->nchains;
+    reg_entry **old = reg->chains;
+    reg_entry **grown = PyMem_RawCalloc(old_n * 2, sizeof(reg_entry *));
+    if (grown == NULL) {
+        return;
+    }
+    reg->chains = grown;
+    reg->nchains = old_n * 2;
+    for (size_t i = 0; i < old_n; i++) {
+        reg_entry *e = old[i];
+        reg_entry *last = NULL;
+        while (e != NULL && e->next != NULL) {
+            e = e->next;
+        }
+        /* Oldest first, so that pushing keeps the newest in front. */
+        for (; e != NULL; e = last) {
+            last = e->prev;
+            registry_push(reg, e);
+        }
+    }
+    PyMem_RawFree(old);
+}
+
+static void
+registry_link(xthread_registry *reg, reg_entry *e)
 {
     PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
-    rec->registry = reg;
-    rec->prev = NULL;
-    rec->next = reg->head;
-    if (reg->head != NULL) {
-        reg->head->prev = rec;
+    if (reg->count >= 2 * reg->nchains) {
+        registry_grow(reg);
     }
-    reg->head = rec;
+    e->registry = reg;
+    registry_push(reg, e);
+    reg->count++;
     PyThread_release_lock(reg->mutex);
 }
 
 static void
-registry_unlink(recordobject *rec)
+registry_unlink(reg_entry *e)
 {
-    xthread_registry *reg = rec->registry;
+    xthread_registry *reg = e->registry;
     if (reg == NULL) {
         return;
     }
     PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
-    if (rec->prev != NULL) {
-        rec->prev->next = rec->next;
+    if (e->prev != NULL) {
+        e->prev->next = e->next;
     }
     else {
-        reg->head = rec->next;
+        reg->chains[registry_chain(reg, e->ident)] = e->next;
     }
-    if (rec->next != NULL) {
-        rec->next->prev = rec->prev;
+    if (e->next != NULL) {
+        e->next->prev = e->prev;
     }
-    rec->prev = rec->next = NULL;
-    rec->registry = NULL;
+    e->prev = e->next = NULL;
+    e->registry = NULL;
+    reg->count--;
     PyThread_release_lock(reg->mutex);
 }
 
-/* The live record of the thread with this ident, or NULL (borrowed; valid
- * while the GIL is held, since records leave the list only with it). The
- * newest wins if a dead thread's record lingers. */
-static recordobject *
+/* The entry of the live thread with this ident, or NULL (borrowed; valid
+ * while the GIL is held, since entries leave the table only with it). The
+ * newest wins if a dead thread's entry lingers. */
+static reg_entry *
 registry_find(xthread_registry *reg, unsigned long ident)
 {
-    recordobject *found = NULL;
+    reg_entry *found = NULL;
     PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
-    for (recordobject *r = reg->head; r != NULL; r = r->next) {
-        if (r->ident == ident) {
-            found = r;
+    for (reg_entry *e = reg->chains[registry_chain(reg, ident)]; e != NULL;
+         e = e->next) {
+        if (e->ident == ident) {
+            found = e;
             break;
         }
     }
@@ -186,17 +268,27 @@ registry_find(xthread_registry *reg, unsigned long ident)
     return found;
 }
 
+static void
+entry_init(reg_entry *e, unsigned long long generation)
+{
+    e->prev = e->next = NULL;
+    e->registry = NULL;
+    e->ident = 0;
+    e->generation = generation;
+    e->record = NULL;
+    e->start_shield = 0;
+}
+
 static recordobject *
-record_new(xthread_state *state)
+record_new(xthread_state *state, unsigned long long generation)
 {
     recordobject *rec = PyObject_GC_New(recordobject, state->record_type);
     if (rec == NULL) {
         return NULL;
     }
-    rec->prev = rec->next = NULL;
-    rec->registry = NULL;
+    entry_init(&rec->own, generation);
     rec->ident = 0;
-    rec->generation = ++state->next_generation;
+    rec->generation = generation;
     rec->parked = 0;
     rec->shield_depth = 0;
     rec->outstanding = NULL;
@@ -240,7 +332,7 @@ record_dealloc(recordobject *rec)
 {
     PyTypeObject *tp = Py_TYPE(rec);
     PyObject_GC_UnTrack(rec);
-    registry_unlink(rec);
+    registry_unlink(&rec->own);
     record_clear(rec);
     if (rec->park != NULL) {
         PyThread_free_lock(rec->park);
@@ -369,12 +461,34 @@ record_capsule_destructor(PyObject *capsule)
         PyErr_Clear();
         return;
     }
-    registry_unlink(rec);
+    registry_unlink(&rec->own);
     Py_DECREF(rec);
 }
 
-/* Makes `rec` the record of the calling thread: registered by its ident,
- * owned by its thread-state dict. Takes a new reference. GIL held. */
+/* The record of the thread that `e` names, made now if it has none
+ * (borrowed reference), or NULL with MemoryError set. GIL held. */
+static recordobject *
+entry_record(xthread_state *state, reg_entry *e)
+{
+    if (e->record == NULL) {
+        recordobject *rec = record_new(state, e->generation);
+        if (rec == NULL) {
+            return NULL;
+        }
+        rec->ident = e->ident;
+        rec->shield_depth = e->start_shield;
+        e->record = rec;
+    }
+    return e->record;
+}
+
+/* The calling thread's entry if _xthread started it, from this module, and
+ * its function has not returned yet; else NULL. GIL held. */
+static reg_entry *current_boot_entry(xthread_state *state);
+
+/* Makes `rec` the record of the calling thread, which _xthread did not
+ * start: registered by its ident, owned by its thread-state dict. Takes a
+ * new reference. GIL held. */
 static int
 record_install(xthread_state *state, recordobject *rec)
 {
@@ -390,9 +504,9 @@ record_install(xthread_state *state, recordobject *rec)
     }
     Py_INCREF(rec);
     rec->ident = PyThread_get_thread_ident();
-    if (rec->registry == NULL) {
-        registry_link(&state->registry, rec);
-    }
+    rec->own.ident = rec->ident;
+    rec->own.record = rec;
+    registry_link(&state->registry, &rec->own);
     int rc = PyDict_SetItem(tdict, state->record_key, capsule);
     Py_DECREF(capsule);     /* on failure this unlinks and drops rec */
     return rc;
@@ -403,6 +517,10 @@ record_install(xthread_state *state, recordobject *rec)
 static recordobject *
 current_record(xthread_state *state)
 {
+    reg_entry *boot_entry = current_boot_entry(state);
+    if (boot_entry != NULL) {
+        return entry_record(state, boot_entry);
+    }
     PyObject *tdict = PyThreadState_GetDict();
     if (tdict != NULL) {
         PyObject *capsule = PyDict_GetItemWithError(tdict, state->record_key);
@@ -413,7 +531,7 @@ current_record(xthread_state *state)
             return NULL;
         }
     }
-    recordobject *rec = record_new(state);
+    recordobject *rec = record_new(state, ++state->next_generation);
     if (rec == NULL) {
         return NULL;
     }
@@ -507,11 +625,16 @@ time_left(long long deadline_us)
  * after its thread state is gone: it may then use neither the GIL nor
  * Py_DECREF, and the lock object may already have been freed by then.
  *
- * A lock is a flag and a FIFO of parked waiters, both guarded by a short
- * OS mutex (never held while blocking). release() hands the lock to the
- * first waiter, which wakes owning it; a waiter whose thread is sent an
- * exception leaves the queue and returns, so the exception is raised as
- * soon as the wait's caller resumes.
+ * A lock is a flag and a FIFO of parked waiters. The queue is guarded by
+ * a short OS mutex (never held while blocking). A free lock is taken by a
+ * compare-and-swap on the flag, without the mutex, so that taking it
+ * never waits for a thread that has just freed it and still holds the
+ * mutex (a joiner, and the exiting thread that releases its sentinel);
+ * only a holder of the mutex turns the flag back to free or keeps it set
+ * to hand the lock over. release() hands the lock to the first waiter, which
+ * wakes owning it; a waiter whose thread is sent an exception leaves the
+ * queue and returns, so the exception is raised as soon as the wait's
+ * caller resumes.
  *
  * Owners: the lock object (one reference) and each thread that will
  * release the lock at its exit (one reference each). */
@@ -563,18 +686,14 @@ lock_core_decref(lock_core *core)
     }
 }
 
-/* Takes the lock if it is free; never blocks for long. */
+/* Takes the lock if it is free; never blocks. While the lock is held only
+ * a holder of core->mutex frees it, so a caller holding the mutex that
+ * sees it held may rely on that until it lets go of the mutex. */
 static int
 lock_core_try(lock_core *core)
 {
-    int got = 0;
-    PyThread_acquire_lock(core->mutex, WAIT_LOCK);
-    if (!atomic_load(&core->locked)) {
-        atomic_store(&core->locked, 1);
-        got = 1;
-    }
-    PyThread_release_lock(core->mutex);
-    return got;
+    int expected = 0;
+    return atomic_compare_exchange_strong(&core->locked, &expected, 1);
 }
 
 /* Called with core->mutex held: hands the lock to the first waiter, or
@@ -645,8 +764,7 @@ lock_core_enqueue(lock_core *core, waiter *w)
 {
     int taken = 0;
     PyThread_acquire_lock(core->mutex, WAIT_LOCK);
-    if (!atomic_load(&core->locked)) {
-        atomic_store(&core->locked, 1);
+    if (lock_core_try(core)) {
         taken = 1;
     }
     else {
@@ -1098,9 +1216,11 @@ typedef struct {
     PyObject *args;         /* strong */
     PyObject *kwargs;       /* strong or NULL */
     handshake *hs;          /* NULL once the handshake is done */
-    /* The thread's record, made by the parent (so its generation is known
-     * when start returns); strong until the thread installs it. */
-    struct recordobject *record;
+    /* The thread's registry entry: its generation is given by the parent
+     * (so that it is known when start returns), the entry is linked by the
+     * thread before the handshake and unlinked once its function has
+     * returned; the record in it is made on first use. */
+    reg_entry entry;
     /* Locks released after the thread state is deleted. Touched only by
      * the thread itself (and the parent before start); each holds a
      * core reference. */
@@ -1113,6 +1233,16 @@ typedef struct {
  * _xthread did not start. Per OS thread, not per module: an OS thread runs
  * at most one bootstrap, whatever interpreter it serves. */
 static _Thread_local bootstate *current_boot = NULL;
+
+static reg_entry *
+current_boot_entry(xthread_state *state)
+{
+    bootstate *boot = current_boot;
+    if (boot != NULL && boot->entry.registry == &state->registry) {
+        return &boot->entry;
+    }
+    return NULL;
+}
 
 /* The thread count, reset after fork() (only the forking thread exists in
  * the child). Checked on use rather than by an os.register_at_fork hook,
@@ -1174,7 +1304,7 @@ bootstate_discard(bootstate *boot)
     Py_DECREF(boot->func);
     Py_DECREF(boot->args);
     Py_XDECREF(boot->kwargs);
-    Py_XDECREF(boot->record);
+    Py_XDECREF(boot->entry.record);
     Py_DECREF(boot->module);
     bootstate_release_sentinels_and_free(boot);
 }
@@ -1210,20 +1340,14 @@ thread_run(void *arg)
     }
     /* Findable by ident before the parent's start call returns, so an
      * exception can be sent at once. */
-    boot->record->ident = PyThread_get_thread_ident();
-    registry_link(&get_xthread_state(boot->module)->registry, boot->record);
+    boot->entry.ident = PyThread_get_thread_ident();
+    registry_link(&get_xthread_state(boot->module)->registry, &boot->entry);
     boot->hs = NULL;
     hs->status = HS_OK;
     PyThread_release_lock(hs->done);   /* hs is gone from here on */
 
     current_boot = boot;
     PyEval_AcquireThread(tstate);
-
-    if (record_install(get_xthread_state(boot->module), boot->record) < 0) {
-        XTHREAD_WRITE_UNRAISABLE("in thread start: no thread record",
-                                 boot->func);
-    }
-    Py_CLEAR(boot->record);
 
     PyObject *res = PyObject_Call(boot->func, boot->args, boot->kwargs);
     if (res == NULL) {
@@ -1242,6 +1366,10 @@ thread_run(void *arg)
     Py_CLEAR(boot->args);
     Py_CLEAR(boot->kwargs);
     (*xthread_count_ref(get_xthread_state(boot->module)))--;
+    /* Ended: no longer findable, and no longer the owner of its record
+     * (which lives on while a caller of _find_record holds it). */
+    registry_unlink(&boot->entry);
+    Py_CLEAR(boot->entry.record);
     Py_CLEAR(boot->module);
 
     PyThreadState_Clear(tstate);
@@ -1277,13 +1405,28 @@ start_thread(PyObject *module, bootstate *boot,
     boot->hs = &hs;
 
     (*xthread_count_ref(state))++;
-    /* Called with the thread state attached: PyThread_start_new_thread
-     * reads the stack size set by stack_size() from the current thread
-     * state, and uses the platform default when there is none. */
-    unsigned long id = PyThread_start_new_thread(thread_run, boot);
-    if (id != PYTHREAD_INVALID_THREAD_ID) {
+    /* PyThread_start_new_thread reads the stack size set by stack_size()
+     * from the current thread state, and uses the platform default when
+     * there is none. So with a size set, the thread is made with the
+     * thread state attached; with none (the usual case) the GIL is
+     * dropped first: making an OS thread takes tens of microseconds in the
+     * kernel, during which threads started just before run their Python
+     * instead of waiting for this one. */
+    unsigned long id;
+    if (PyThread_get_stacksize() != 0) {
+        id = PyThread_start_new_thread(thread_run, boot);
+        if (id != PYTHREAD_INVALID_THREAD_ID) {
+            Py_BEGIN_ALLOW_THREADS
+            PyThread_acquire_lock(hs.done, WAIT_LOCK);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    else {
         Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(hs.done, WAIT_LOCK);
+        id = PyThread_start_new_thread(thread_run, boot);
+        if (id != PYTHREAD_INVALID_THREAD_ID) {
+            PyThread_acquire_lock(hs.done, WAIT_LOCK);
+        }
         Py_END_ALLOW_THREADS
     }
     PyThread_free_lock(hs.done);
@@ -1351,15 +1494,7 @@ bootstate_new(PyObject *module, PyObject *fargs)
     boot->args = Py_NewRef(args);
     boot->kwargs = Py_XNewRef(kwargs);
     boot->hs = NULL;
-    boot->record = record_new(get_xthread_state(module));
-    if (boot->record == NULL) {
-        Py_DECREF(boot->module);
-        Py_DECREF(boot->func);
-        Py_DECREF(boot->args);
-        Py_XDECREF(boot->kwargs);
-        PyMem_RawFree(boot);
-        return NULL;
-    }
+    entry_init(&boot->entry, ++get_xthread_state(module)->next_generation);
     boot->sentinels = NULL;
     boot->nsentinels = 0;
     boot->sentinels_cap = 0;
@@ -1446,8 +1581,8 @@ xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
     /* Shielded from its first bytecode: what is sent before the thread's
      * own code is ready (a Python bootstrap registering itself) waits
      * until that code leaves the shield. */
-    boot->record->shield_depth = shielded ? 1 : 0;
-    unsigned long long generation = boot->record->generation;
+    boot->entry.start_shield = shielded ? 1 : 0;
+    unsigned long long generation = boot->entry.generation;
     unsigned long ident, native_id;
     if (start_thread(module, boot, &ident, &native_id) < 0) {
         /* The discarded bootstate released the sentinel: join on a
@@ -1844,16 +1979,25 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
         return NULL;
     }
     PyObject *result = NULL, *carrier = NULL;
-    recordobject *rec = registry_find(&state->registry, ident);
-    Py_XINCREF(rec);
+    recordobject *rec = NULL;
+    reg_entry *entry = registry_find(&state->registry, ident);
+    if (entry != NULL) {
+        rec = entry_record(state, entry);
+        if (rec == NULL) {
+            goto done;
+        }
+        Py_INCREF(rec);
+    }
     unsigned long long token = ++state->next_token;
     carrier = make_carrier(instance, rec, token);
     if (carrier == NULL) {
         goto done;
     }
     /* From here to set_async no Python code runs: the checks and the
-     * delivery are one step under the GIL. */
-    if (rec != registry_find(&state->registry, ident)
+     * delivery are one step under the GIL. The thread found first has a
+     * record now, so the same thread is found with the same record. */
+    entry = registry_find(&state->registry, ident);
+    if (rec != (entry != NULL ? entry->record : NULL)
         || (generation != 0 && (rec == NULL || rec->generation != generation))
         || (scope != 0 && (rec == NULL || !record_in_scope(rec, scope)))) {
         result = Py_NewRef(Py_False);
@@ -1929,12 +2073,12 @@ xthread_find_record(PyObject *module, PyObject *ident_obj)
     if (parse_ident(ident_obj, &ident) < 0) {
         return NULL;
     }
-    recordobject *rec = registry_find(&get_xthread_state(module)->registry,
-                                      ident);
-    if (rec == NULL) {
+    xthread_state *state = get_xthread_state(module);
+    reg_entry *entry = registry_find(&state->registry, ident);
+    if (entry == NULL) {
         Py_RETURN_NONE;
     }
-    return Py_NewRef((PyObject *)rec);
+    return Py_XNewRef((PyObject *)entry_record(state, entry));
 }
 
 /* Opens a scope in the calling thread, owned by `owner` (may be NULL);
@@ -2075,27 +2219,49 @@ xthread_shield_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
 static PyObject *
 xthread_call_unshielded(PyObject *module, PyObject *func)
 {
-    recordobject *rec = current_record(get_xthread_state(module));
-    if (rec == NULL) {
-        return NULL;
-    }
-    if (rec->shield_depth != 1) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "_call_unshielded needs exactly one shield");
-        return NULL;
-    }
-    Py_INCREF(rec);
+    xthread_state *state = get_xthread_state(module);
     PyObject *res = NULL;
-    rec->shield_depth = 0;
-    if (rec->deferred != NULL) {
-        PyObject *exc = rec->deferred;
-        rec->deferred = NULL;
-        rec->landed_at_us = monotonic_us();
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        Py_DECREF(exc);
+    recordobject *rec;
+    reg_entry *boot_entry = current_boot_entry(state);
+    if (boot_entry != NULL && boot_entry->record == NULL) {
+        /* A started thread with no record yet: nothing was sent to it, so
+         * nothing is held back. Its record, if func makes one, starts
+         * unshielded. */
+        if (boot_entry->start_shield != 1) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "_call_unshielded needs exactly one shield");
+            return NULL;
+        }
+        boot_entry->start_shield = 0;
+        res = PyObject_CallNoArgs(func);
+        boot_entry->start_shield = 1;
+        rec = (recordobject *)Py_XNewRef((PyObject *)boot_entry->record);
+        if (rec == NULL) {
+            return res;
+        }
     }
     else {
-        res = PyObject_CallNoArgs(func);
+        rec = current_record(state);
+        if (rec == NULL) {
+            return NULL;
+        }
+        if (rec->shield_depth != 1) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "_call_unshielded needs exactly one shield");
+            return NULL;
+        }
+        Py_INCREF(rec);
+        rec->shield_depth = 0;
+        if (rec->deferred != NULL) {
+            PyObject *exc = rec->deferred;
+            rec->deferred = NULL;
+            rec->landed_at_us = monotonic_us();
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+        }
+        else {
+            res = PyObject_CallNoArgs(func);
+        }
     }
     rec->shield_depth = 1;
     if (rec->outstanding != NULL) {
@@ -2490,9 +2656,12 @@ xthread_exec(PyObject *module)
     state->pid = getpid();
     state->next_generation = 0;
     state->next_token = 0;
-    state->registry.head = NULL;
+    state->registry.count = 0;
+    state->registry.nchains = REGISTRY_MIN_CHAINS;
+    state->registry.chains = PyMem_RawCalloc(REGISTRY_MIN_CHAINS,
+                                             sizeof(reg_entry *));
     state->registry.mutex = PyThread_allocate_lock();
-    if (state->registry.mutex == NULL) {
+    if (state->registry.chains == NULL || state->registry.mutex == NULL) {
         PyErr_NoMemory();
         return -1;
     }
@@ -2589,17 +2758,23 @@ xthread_free(void *module)
     xthread_state *state = get_xthread_state((PyObject *)module);
     if (state->registry.mutex != NULL) {
         PyThread_acquire_lock(state->registry.mutex, WAIT_LOCK);
-        for (struct recordobject *r = state->registry.head; r != NULL;) {
-            struct recordobject *next = r->next;
-            r->registry = NULL;
-            r->prev = r->next = NULL;
-            r = next;
+        for (size_t i = 0;
+             state->registry.chains != NULL && i < state->registry.nchains;
+             i++) {
+            for (reg_entry *e = state->registry.chains[i]; e != NULL;) {
+                reg_entry *next = e->next;
+                e->registry = NULL;
+                e->prev = e->next = NULL;
+                e = next;
+            }
         }
-        state->registry.head = NULL;
+        state->registry.count = 0;
         PyThread_release_lock(state->registry.mutex);
         PyThread_free_lock(state->registry.mutex);
         state->registry.mutex = NULL;
     }
+    PyMem_RawFree(state->registry.chains);
+    state->registry.chains = NULL;
 }
 
 static PyModuleDef_Slot xthread_slots[] = {
