@@ -277,11 +277,15 @@ class _WorkItem:
 class _Worker:
     """A worker thread's state, shared with its pool."""
 
-    __slots__ = ("thread", "generation", "written_off", "released",
-                 "__weakref__")
+    __slots__ = ("thread", "generation", "written_off", "released", "task",
+                 "completed", "__weakref__")
 
     def __init__(self):
         self.thread = None
+        # The running _Task, and how many tasks reached this worker: only
+        # the worker writes them (no lock on the task's path).
+        self.task = None
+        self.completed = 0
         # Set by the worker itself (its thread may run before start()
         # has returned the generation to the pool).
         self.generation = 0
@@ -359,6 +363,9 @@ class _Task(_xthread.Scoped):
         with self.lock:
             if self.ended or self.stuck is not None:
                 return False
+            # Read before the send: while it hands the GIL over, the task
+            # may end and its worker let go of the pool.
+            grace = self.pool._grace
             if not _deliver(self.ident, exc, generation=self.generation,
                             scope=self.scope):
                 return False
@@ -366,7 +373,6 @@ class _Task(_xthread.Scoped):
                 self.sent_at = _monotonic()
                 self.reason = reason
                 self.exc = exc
-                grace = self.pool._grace
                 step = grace / (_RESENDS + 1)
                 for n in range(1, _RESENDS + 1):
                     self.items.append(_watchdog.add(
@@ -430,7 +436,7 @@ def _run_task(pool, worker, item):
             future._xthread_task = task
             if future.set_running_or_notify_cancel():
                 ran = True
-                pool._task_started(task)
+                worker.task = task
                 limit = item.limit
                 if limit is not None:
                     task.arm_limit(limit)
@@ -441,22 +447,27 @@ def _run_task(pool, worker, item):
         exception = exc
         exc = None
     finally:
-        pool._task_ended(task)
+        # Every future that reaches a worker passes here (one cancelled
+        # while pending too).
+        worker.task = None
+        worker.completed += 1
         # Let go before the outcome is set: whoever result() wakes finds
         # the worker done with the task, and the worker does not contend
         # with it for the future's lock (see Future._let_go).
         future._let_go(notify=False)
+    if task.stuck is None:
+        # Done with (it ended, so it cannot be written off now): neither
+        # the future nor a stray reference to the task keeps the pool, the
+        # callable or its arguments alive (stdlib's futures hold none of
+        # them). Before the outcome is set, so that the worker has little
+        # left to do once result() wakes its caller.
+        future._xthread_task = None
+        task.fn = task.pool = task.future = None
     if ran:
         # A cancelled future keeps its cancellation.
         _finish(future, result, exception)
         exception = result = None
     future._let_go()
-    if task.stuck is None:
-        # Done with: neither the future nor a stray reference to the task
-        # keeps the pool, the callable or its arguments alive (stdlib's
-        # futures hold none of them).
-        future._xthread_task = None
-        task.fn = task.pool = task.future = None
 
 
 def _run_plain(item):
@@ -471,6 +482,9 @@ def _run_plain(item):
         else:
             _finish(future, result)
     future._let_go()
+
+
+_IDLE = object()
 
 
 def _worker(executor_reference, worker, work_queue, initializer, initargs):
@@ -490,9 +504,14 @@ def _worker(executor_reference, worker, work_queue, initializer, initargs):
                     executor._initializer_failed()
                 return
         while True:
-            try:
-                work_item = work_queue.get_nowait()
-            except _queue.Empty:
+            # (empty() first: cheaper than get_nowait() raising Empty.)
+            work_item = _IDLE
+            if not work_queue.empty():
+                try:
+                    work_item = work_queue.get_nowait()
+                except _queue.Empty:
+                    pass
+            if work_item is _IDLE:
                 executor = executor_reference()
                 if executor is not None:
                     executor._idle.append(None)
@@ -572,11 +591,11 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
         self._spawned = 0
         self._workers = {}          # thread -> _Worker
         self._state_lock = _xthread.allocate_lock()
-        self._running = set()       # _Task
+        self._every_worker = []     # for the counts of health()
         self._stuck = []            # StuckTask, call not returned yet
         self._replaced = 0
         self._submitted = 0
-        self._completed = 0
+        self._drained = 0
 
     # Submitting
 
@@ -674,19 +693,10 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
         self._spawned += 1
         self._threads.add(t)
         self._workers[t] = worker
+        self._every_worker.append(worker)
         _cft._threads_queues[t] = self._work_queue
 
     # Running tasks
-
-    def _task_started(self, task):
-        self._running.add(task)     # (one C call: atomic)
-
-    def _task_ended(self, task):
-        # Every future that reaches a worker passes here (one cancelled
-        # while pending too); it is done by the time anyone looks.
-        with self._state_lock:
-            self._running.discard(task)
-            self._completed += 1
 
     def _drain(self, settle):
         # Under _shutdown_lock: take every pending item off the queue;
@@ -703,7 +713,7 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
                 work_item.future._let_go()
                 drained += 1
         with self._state_lock:
-            self._completed += drained
+            self._drained += drained
 
     def _write_off(self, worker, stuck):
         # In the watchdog thread: the task did not stop within the grace
@@ -750,17 +760,20 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
     def health(self):
         """A PoolHealth snapshot."""
         with self._state_lock:
-            busy = len(self._running)
             stuck = list(self._stuck)
             replaced = self._replaced
             submitted = self._submitted
-            completed = self._completed
+            completed = self._drained + sum(
+                w.completed for w in list(self._every_worker))
+        serving = [w for w in list(self._workers.values())
+                   if not w.written_off]
+        busy = sum(1 for w in serving if w.task is not None)
         workers = sum(1 for t in list(self._threads) if t.is_alive())
         lost = 0
         if self._shutdown and not any(
                 t.is_alive() for t in list(self._threads)):
             lost = submitted - completed
-        return PoolHealth(workers=workers, busy=max(0, busy - len(stuck)),
+        return PoolHealth(workers=workers, busy=busy,
                           max_workers=self._max_workers, replaced=replaced,
                           stuck=stuck, submitted=submitted,
                           completed=completed, lost=lost)
@@ -780,9 +793,10 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
             self._work_queue.put(None)
             workers = list(self._workers.values())
         if interrupt:
-            with self._state_lock:
-                running = list(self._running)
+            running = [w.task for w in workers]
             for task in running:
+                if task is None:
+                    continue
                 future = task.future
                 if future is not None:      # (None: it has just ended)
                     future.cancel()
