@@ -253,13 +253,19 @@ class KillResult:
     ``in_c_call``: whether the thread, not ended, sits inside a C call that
     no exception can interrupt (``time.sleep``, a socket read, a lock of
     another library).
+    ``cleanup_may_be_skipped``: whether the exception went by CPython's
+    plain delivery on a version where that can skip the ``except``,
+    ``finally`` and ``with`` exits of the frame it lands in (xthread could
+    not arm its own: every ``sys.monitoring`` tool id was taken, or on
+    3.11 the thread had a trace function of its own). False whenever
+    xthread raised it where the frame's handlers apply.
     """
 
     __slots__ = ("ended", "sent_at", "landed_at", "elapsed", "attempts",
-                 "stack", "in_c_call")
+                 "stack", "in_c_call", "cleanup_may_be_skipped")
 
     def __init__(self, ended, sent_at, landed_at, elapsed, attempts,
-                 stack=None, in_c_call=False):
+                 stack=None, in_c_call=False, cleanup_may_be_skipped=False):
         self.ended = ended
         self.sent_at = sent_at
         self.landed_at = landed_at
@@ -267,6 +273,7 @@ class KillResult:
         self.attempts = attempts
         self.stack = stack
         self.in_c_call = in_c_call
+        self.cleanup_may_be_skipped = cleanup_may_be_skipped
 
     def __bool__(self):
         return self.ended

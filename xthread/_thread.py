@@ -410,11 +410,13 @@ class Thread(_threading.Thread):
         ended = not self.is_alive()
         elapsed = _monotonic() - start
         landed_at = record.landed_at if record is not None else None
+        unguarded = record is not None and record.unguarded
         if ended:
-            return _stop.KillResult(True, sent_at, landed_at, elapsed, sent)
+            return _stop.KillResult(True, sent_at, landed_at, elapsed, sent,
+                                    cleanup_may_be_skipped=unguarded)
         stack, in_c_call = _stop._stuck_report(ident, record)
         return _stop.KillResult(False, sent_at, landed_at, elapsed, sent,
-                                stack, in_c_call)
+                                stack, in_c_call, unguarded)
 
     # Properties: kept apart from stdlib's private attributes
 

@@ -10,6 +10,9 @@
 #define XTHREAD_COMPAT_H
 
 #include <Python.h>
+/* PyFrame_GetBack (3.9+) is declared by frameobject.h, which Python.h
+ * includes only from 3.11. */
+#include <frameobject.h>
 
 /* Py_NewRef / Py_XNewRef: added in 3.10 (bpo-42262). */
 #if PY_VERSION_HEX < 0x030A0000
@@ -130,6 +133,71 @@ PyType_GetModuleByDef(PyTypeObject *type, PyModuleDef *def)
    } while (0)
 #else
 #  define XTHREAD_REPORT_OWN_CLASS() ((void)0)
+#endif
+
+/* Where a sent exception lands. PyThreadState_SetAsyncExc makes the
+ * target raise at its next eval-breaker check, and on a loop's back edge
+ * that check runs at the backward jump, whose offset the exception table
+ * does not cover on some versions: the frame's except/finally/with exits
+ * are then skipped (python/cpython#108214 on 3.11 and 3.12, where the
+ * jump is taken before the check; python/cpython#130279 on 3.13 and 3.14,
+ * where the table stops short of the jump). 3.9 and 3.10 raise at a
+ * covered instruction, so plain delivery is right there.
+ *
+ *   XTHREAD_LANDING 0: plain delivery (3.9, 3.10).
+ *   XTHREAD_LANDING 1: a C trace function set on the target's thread
+ *       state for the delivery window raises at a line or opcode event
+ *       (3.11: _PyEval_SetTrace, declared in its cpython/ceval.h, takes
+ *       any thread state; opcode events need the frame's f_trace_opcodes).
+ *   XTHREAD_LANDING 2: sys.monitoring instruction events on the code of
+ *       the target's frames (3.12+; _PyEval_SetTrace is internal from
+ *       3.13, and legacy tracing raises at the jump itself).
+ * Helpers that only version 1 uses are stubs elsewhere, so that the C
+ * source has no version test of its own. */
+#if PY_VERSION_HEX >= 0x030C0000
+#  define XTHREAD_LANDING 2
+#elif PY_VERSION_HEX >= 0x030B0000
+#  define XTHREAD_LANDING 1
+#else
+#  define XTHREAD_LANDING 0
+#endif
+
+#if XTHREAD_LANDING == 1
+static inline int
+xthread_set_trace(PyThreadState *tstate, Py_tracefunc func, PyObject *obj)
+{
+    return _PyEval_SetTrace(tstate, func, obj);
+}
+static inline Py_tracefunc
+xthread_get_trace(PyThreadState *tstate)
+{
+    return tstate->c_tracefunc;
+}
+/* The offset in bytes of the instruction the frame is at (3.11+). */
+static inline int
+xthread_frame_lasti(PyFrameObject *frame)
+{
+    return PyFrame_GetLasti(frame);
+}
+#else
+static inline int
+xthread_set_trace(PyThreadState *Py_UNUSED(tstate),
+                  Py_tracefunc Py_UNUSED(func), PyObject *Py_UNUSED(obj))
+{
+    PyErr_SetString(PyExc_SystemError,
+                    "no per-thread trace landing on this Python");
+    return -1;
+}
+static inline Py_tracefunc
+xthread_get_trace(PyThreadState *Py_UNUSED(tstate))
+{
+    return NULL;
+}
+static inline int
+xthread_frame_lasti(PyFrameObject *Py_UNUSED(frame))
+{
+    return -1;
+}
 #endif
 
 /* PY_TIMEOUT_MAX: a macro up to 3.12, a const variable from 3.13
