@@ -63,7 +63,8 @@ class _Code:
     __slots__ = ("entries", "checks", "jumps", "nops")
 
     def __init__(self, code):
-        self.entries = _entries(code.co_exceptiontable)
+        # 3.9/3.10 have no table (handlers are a run-time block stack).
+        self.entries = _entries(getattr(code, "co_exceptiontable", b""))
         ins = list(_dis.get_instructions(code))
         offsets = [i.offset for i in ins]
         # Where the interpreter checks for a pending exception: after a
@@ -79,7 +80,8 @@ class _Code:
                     and not i.opname.startswith("CALL_INTRINSIC")
                     and n + 1 < len(ins)):
                 self.checks.add(ins[n + 1].offset)
-            if "JUMP_BACKWARD" in i.opname and isinstance(i.argval, int):
+            if ("JUMP" in i.opname and isinstance(i.argval, int)
+                    and i.argval <= i.offset):
                 self.checks.add(i.offset)
                 self.jumps[i.offset] = any(
                     _handler(self.entries, o) is not None

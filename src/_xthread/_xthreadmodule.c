@@ -2117,10 +2117,11 @@ trace_map(xthread_state *state, PyObject *code, int make)
 }
 
 /* The trace function of a thread with an armed delivery. At an opcode
- * event, raises where xthread._landing.table says (read here, in C); at
- * a call event (a new frame, or a generator resumed), raises at once:
- * the exception reaches the caller at its call instruction, where the
- * caller's handlers apply. Not in an __exit__, which must run. */
+ * event, raises where xthread._landing.table says (read here, in C; a
+ * frame without a table is a resumed generator: raises at once); at the
+ * call event of a new frame, raises at once: the exception reaches the
+ * caller at its call instruction, where the caller's handlers apply.
+ * Not in an __exit__, which must run. */
 static int
 landing_trace(PyObject *obj, PyFrameObject *frame, int what,
               PyObject *Py_UNUSED(arg))
@@ -2136,7 +2137,16 @@ landing_trace(PyObject *obj, PyFrameObject *frame, int what,
     }
     PyCodeObject *code = PyFrame_GetCode(frame);
     int land = 0;
-    if (what == PyTrace_CALL) {
+    if (what == PyTrace_CALL && xthread_frame_lasti(frame) > 0) {
+        /* A generator resumed: raise at its first instruction, where its
+         * handlers apply (3.9/3.10 would skip them from a call event). */
+        if (PyObject_SetAttrString((PyObject *)frame, "f_trace_opcodes",
+                                   Py_True) < 0
+            || PyList_Append(rec->armed_objs, (PyObject *)frame) < 0) {
+            PyErr_WriteUnraisable((PyObject *)rec);
+        }
+    }
+    else if (what == PyTrace_CALL) {
         land = PyUnicode_CompareWithASCIIString(code->co_name,
                                                 "__exit__") != 0
                && PyUnicode_CompareWithASCIIString(code->co_name,
