@@ -3,7 +3,8 @@
  *
  * Layout, in order: module state; the lock and the shared "core" it wraps;
  * the bootstate and the C bootstrap that runs a new thread; sentinels;
- * set_async_exc; the small module functions; module init.
+ * delivery (carriers; landing: raising where the frame's handlers
+ * apply); set_async_exc; the small module functions; module init.
  *
  * Thread life cycle, as seen from the bootstrap (thread_run):
  *
@@ -1766,10 +1767,12 @@ set_async(unsigned long ident, PyObject *carrier)
 // Landing: raising a sent exception where the frame's handlers apply
 
 /* Plain delivery (PyThreadState_SetAsyncExc) makes the target raise at its
- * next eval-breaker check, and on some versions the check on a loop's
- * back edge raises at an instruction that the frame's exception table
- * does not cover: the frame's except/finally/with exits are skipped
- * (XTHREAD_LANDING in compat.h says which versions, and why).
+ * next eval-breaker check, and some checks sit where the frame's handlers
+ * do not apply: a loop's back edge that the exception table leaves
+ * uncovered (3.11+), the end of a `with` body before its __exit__ (3.9,
+ * 3.10). The frame's except/finally/with exits are then skipped
+ * (XTHREAD_LANDING in compat.h says which versions, and why). A thread
+ * with no record (one that never used xthread) gets plain delivery.
  *
  * There, a delivery to a thread with a record is *armed* instead: the
  * exception is stored on the record as outstanding, as before, but not
@@ -1788,12 +1791,12 @@ set_async(unsigned long ident, PyObject *carrier)
  *     taken when the first delivery is armed and freed when the last one
  *     is disarmed; a free one is picked (4, 3, 5, 2, 1, 0), never one
  *     another tool holds.
- *   - a C trace function (3.11): set on the target's thread state only,
+ *   - a C trace function (3.9-3.11): set on the target's thread state only,
  *     with opcode events on its frames (f_trace_opcodes, set on the
  *     current ones and, at their call event, on new ones).
  *
  * A delivery that cannot be armed (no free tool id, a trace function of
- * someone else on 3.11, no record, the landing module missing) goes plain
+ * someone else up to 3.11, the landing module missing) goes plain
  * and marks the record `unguarded`. Kill's re-deliveries arm again, for
  * frames entered since. Everything here runs with the GIL held. */
 
@@ -2379,16 +2382,21 @@ record_arm_settle(xthread_state *state, recordobject *rec)
 }
 
 /* Hands `instance` to the thread of `rec` and stores it as outstanding:
- * armed where landing is needed and the thread is not parked, otherwise
- * (or when it cannot be armed) plain, through `carrier` (made here when
- * NULL). Returns 1 if the thread took it, 0 if no thread has the ident,
- * -1 with an exception set. GIL held. */
+ * armed where landing is needed, otherwise (or when it cannot be armed)
+ * plain, through `carrier` (made here when NULL). A parked thread is
+ * armed too (the caller unparks it): its wait raises the outstanding
+ * exception, and if the wait ends otherwise (the lock was granted first)
+ * the armed delivery lands next. Not plain: withdrawing a plain exception
+ * that the wait raised itself would leave every thread's eval breaker
+ * signalled on 3.11, which livelocks a traced frame at its RESUME.
+ * Returns 1 if the thread took it, 0 if no thread has the ident, -1 with
+ * an exception set. GIL held. */
 static int
 record_send(xthread_state *state, recordobject *rec, PyObject *instance,
             PyObject *carrier, unsigned long long scope,
             unsigned long long token)
 {
-    int needs_landing = XTHREAD_LANDING != 0 && !rec->parked;
+    int needs_landing = XTHREAD_LANDING != 0;
     if (needs_landing && state->landing_verdict != NULL) {
         Py_XSETREF(rec->outstanding, Py_NewRef(instance));
         rec->outstanding_scope = scope;
@@ -2642,10 +2650,12 @@ PyDoc_STRVAR(deliver_doc,
 "generation, only the thread of that generation takes it (idents are\n"
 "reused); with a scope, only while the thread is in that scope. A\n"
 "shielded thread keeps it until its shields exit; a thread in a killable\n"
-"wait wakes and raises it at once; otherwise the interpreter raises it at\n"
-"the thread's next bytecode boundary. With handoff, the caller lets go of\n"
-"the GIL until the exception has landed (2 ms at most), so that the\n"
-"target need not wait for the switch interval.");
+"wait wakes and raises it at once; otherwise it is raised at the next\n"
+"point where the interpreter checks and the handlers of the thread's\n"
+"frame apply (a thread with no record: at its next bytecode boundary).\n"
+"With handoff, the caller lets go of the GIL until the exception has\n"
+"landed (2 ms at most), so that the target need not wait for the switch\n"
+"interval.");
 
 static PyObject *
 xthread_record(PyObject *module, PyObject *Py_UNUSED(ignored))
