@@ -1,9 +1,10 @@
 """Where a sent exception may be raised so that the frame's handlers run.
 
-``_xthread`` imports this module on the first delivery that needs it
-(CPython 3.11 and later, see ``XTHREAD_LANDING`` in ``compat.h``), and
+``_xthread`` imports this module on its first armed delivery (see
+``XTHREAD_LANDING`` in ``compat.h`` and "Landing" in the C source), and
 asks :func:`verdict` at each instruction the target thread runs while the
-delivery is armed.
+delivery is armed (3.12+), or reads :func:`table` (3.9-3.11, from a C
+trace function, which must not run Python code).
 
 Raising at an instruction runs the handler that the code's exception table
 gives for that instruction's offset. The compiler leaves a few
@@ -21,6 +22,10 @@ instruction further on (the loop's head, the ``try`` body), until it
 reaches a covered instruction or one that no handler of the frame
 encloses. A backward jump is final when nothing in the loop it closes is
 covered (a loop outside any ``try``, ``while True: pass`` on its own).
+
+3.9 and 3.10 have no exception table (handlers are a block stack that the
+frame keeps at run time): there every such check is final, and what
+matters is only that a ``with`` body's end is not one (see compat.h).
 """
 import dis as _dis
 

@@ -5,7 +5,8 @@ checks under the GIL, in the same C call that hands the exception to the
 interpreter, that the target is the thread meant (its generation: idents
 are reused) and is still inside the block meant (its scope). A pending
 exception is withdrawn when its scope exits; a shield holds exceptions back
-until it exits; a thread in a killable wait wakes at once.
+until it exits; a thread in a killable wait wakes at once; otherwise it is
+raised where the handlers of the target's frame apply (``_landing``).
 """
 import heapq as _heapq
 from heapq import heappush as _heappush
@@ -43,10 +44,13 @@ def raise_in_thread(ident, exc):
     ident, any thread of the interpreter, stdlib ones included.
 
     Returns True when a live thread took it, False when no live thread
-    has this ident. The thread raises it at its next bytecode boundary, or
-    at once if it is in one of xthread's killable waits; a thread blocked
-    in another C call raises it when that call returns. A non-integer ident
-    is TypeError, a negative one ValueError, a non-exception TypeError.
+    has this ident. The thread raises it where the handlers of its frame
+    apply (its next call return or loop jump), or at once if it is in one
+    of xthread's killable waits; a thread blocked in another C call raises
+    it when that call returns. A thread that never used xthread (no
+    record) gets CPython's plain delivery, at its next bytecode boundary.
+    A non-integer ident is TypeError, a negative one ValueError, a
+    non-exception TypeError.
     """
     return _deliver(ident, exc)
 
