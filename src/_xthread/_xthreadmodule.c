@@ -1887,11 +1887,15 @@ landing_load(xthread_state *state)
             Py_CLEAR(state->landing_table);
             Py_CLEAR(state->trace_maps);
             Py_DECREF(safe);
+            Py_DECREF(mod);
             goto failed;
         }
     }
     if (XTHREAD_LANDING == 2) {
         PyObject *mon = PySys_GetObject("monitoring");      /* borrowed */
+        if (mon == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "no sys.monitoring");
+        }
         PyObject *events = mon != NULL
             ? PyObject_GetAttrString(mon, "events") : NULL;
         if (events == NULL) {
