@@ -490,3 +490,30 @@ def test_busy_tool_ids_fall_back_to_plain_delivery():
     finally:
         for tool in taken:
             mon.free_tool_id(tool)
+
+
+def test_kill_of_a_traced_thread_reports_plain_delivery():
+    """Up to 3.11 xthread arms through the thread's trace function slot,
+    so a thread that runs a trace function of its own (a debugger,
+    coverage) gets plain delivery, and kill says cleanup may have been
+    skipped; 3.12+ arm through sys.monitoring whatever the thread traces."""
+    def tracer(frame, event, arg):
+        return tracer
+
+    ctx = Ctx()
+
+    def traced():
+        sys.settrace(tracer)
+        try:
+            run_shape(loop_in_callee, ctx)
+        finally:
+            sys.settrace(None)
+
+    t = xthread.Thread(target=traced)
+    t.start()
+    assert ctx.ready_event.wait(JOIN_TIMEOUT)
+    result = t.kill(JOIN_TIMEOUT)
+    assert result
+    assert result.cleanup_may_be_skipped is (sys.version_info < (3, 12))
+    assert ctx.fin == 1     # a handler in a caller frame always runs
+    assert isinstance(ctx.caught, xthread.ThreadKilled)
