@@ -517,3 +517,22 @@ def test_kill_of_a_traced_thread_reports_plain_delivery():
     assert result.cleanup_may_be_skipped is (sys.version_info < (3, 12))
     assert ctx.fin == 1     # a handler in a caller frame always runs
     assert isinstance(ctx.caught, xthread.ThreadKilled)
+
+
+def test_kill_lands_after_a_stray_withdrawal():
+    """Withdrawing with nothing pending (PyThreadState_SetAsyncExc(ident,
+    NULL), as any library may do) leaves the async-exception signal set
+    for every thread on 3.11, and a frame traced for an armed delivery
+    then spins at its RESUME without running. Kill's re-delivery sends
+    the exception plain as well, which clears the signal: the stop is not
+    lost, and still lands where the handlers apply (at the call)."""
+    ctx = Ctx()
+    t = xthread.Thread(target=run_shape, args=(while_true_call, ctx))
+    t.start()
+    assert ctx.ready_event.wait(JOIN_TIMEOUT)
+    assert _xthread.set_async_exc(threading.get_ident(), None) == 1
+    result = t.kill(JOIN_TIMEOUT)
+    assert result, result
+    join_or_fail(t)
+    assert isinstance(ctx.caught, xthread.ThreadKilled)
+    assert ctx.fin == 1

@@ -2541,6 +2541,10 @@ record_in_scope(recordobject *rec, unsigned long long scope)
  * call never lands; the cap bounds what that costs the sender. */
 #define HANDOFF_US 2000
 
+/* How long an armed delivery may go without landing before a
+ * re-delivery also sends it plain (see xthread_deliver). */
+#define PLAIN_AFTER_US 50000
+
 static void
 hand_over_gil(recordobject *rec)
 {
@@ -2614,12 +2618,39 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
         if (scope != 0 && record_enqueue(rec, instance, scope, token) < 0) {
             goto done;
         }
-        /* A re-delivery (kill's): arm frames entered since, too. */
+        /* A re-delivery (kill's): arm frames entered since, too; and if
+         * the armed exception has not landed for PLAIN_AFTER_US, send it
+         * plain as well, so that a stop is never lost: the thread may be
+         * in a C call (plain lands at the call's own check, where the
+         * frame's handlers apply), or on 3.11 livelocked at a traced
+         * RESUME by an async-exception signal that someone else left set
+         * (PyThreadState_SetAsyncExc(ident, NULL)), which only a real
+         * async exception clears. Whichever lands first withdraws the
+         * other (same token). Marked unguarded: plain delivery was used. */
         if (scope == 0 && rec->armed) {
             if (record_arm(state, rec) < 0) {
                 PyErr_WriteUnraisable(instance);
             }
             record_arm_settle(state, rec);
+            if (rec->armed && !rec->plain && rec->outstanding != NULL
+                && monotonic_us() - rec->sent_at_us >= PLAIN_AFTER_US) {
+                PyObject *plain = make_carrier(rec->outstanding, rec,
+                                               rec->outstanding_token);
+                if (plain == NULL) {
+                    PyErr_WriteUnraisable(instance);
+                }
+                else {
+                    int taken = set_async(rec->ident, plain);
+                    Py_DECREF(plain);
+                    if (taken < 0) {
+                        goto done;
+                    }
+                    if (taken == 1) {
+                        rec->plain = 1;
+                        rec->unguarded = 1;
+                    }
+                }
+            }
         }
         result = Py_NewRef(Py_True);
         goto done;
