@@ -5,7 +5,8 @@ checks under the GIL, in the same C call that hands the exception to the
 interpreter, that the target is the thread meant (its generation: idents
 are reused) and is still inside the block meant (its scope). A pending
 exception is withdrawn when its scope exits; a shield holds exceptions back
-until it exits; a thread in a killable wait wakes at once.
+until it exits; a thread in a killable wait wakes at once; otherwise it is
+raised where the handlers of the target's frame apply (``_landing``).
 """
 import heapq as _heapq
 from heapq import heappush as _heappush
@@ -43,10 +44,13 @@ def raise_in_thread(ident, exc):
     ident, any thread of the interpreter, stdlib ones included.
 
     Returns True when a live thread took it, False when no live thread
-    has this ident. The thread raises it at its next bytecode boundary, or
-    at once if it is in one of xthread's killable waits; a thread blocked
-    in another C call raises it when that call returns. A non-integer ident
-    is TypeError, a negative one ValueError, a non-exception TypeError.
+    has this ident. The thread raises it where the handlers of its frame
+    apply (its next call return or loop jump), or at once if it is in one
+    of xthread's killable waits; a thread blocked in another C call raises
+    it when that call returns. A thread that never used xthread (no
+    record) gets CPython's plain delivery, at its next bytecode boundary.
+    A non-integer ident is TypeError, a negative one ValueError, a
+    non-exception TypeError.
     """
     return _deliver(ident, exc)
 
@@ -288,13 +292,19 @@ class KillResult:
     ``in_c_call``: whether the thread, not ended, sits inside a C call that
     no exception can interrupt (``time.sleep``, a socket read, a lock of
     another library).
+    ``cleanup_may_be_skipped``: whether the exception went by CPython's
+    plain delivery on a version where that can skip the ``except``,
+    ``finally`` and ``with`` exits of the frame it lands in (xthread could
+    not arm its own: every ``sys.monitoring`` tool id was taken, or on
+    3.11 the thread had a trace function of its own). False whenever
+    xthread raised it where the frame's handlers apply.
     """
 
     __slots__ = ("ended", "sent_at", "landed_at", "elapsed", "attempts",
-                 "stack", "in_c_call")
+                 "stack", "in_c_call", "cleanup_may_be_skipped")
 
     def __init__(self, ended, sent_at, landed_at, elapsed, attempts,
-                 stack=None, in_c_call=False):
+                 stack=None, in_c_call=False, cleanup_may_be_skipped=False):
         self.ended = ended
         self.sent_at = sent_at
         self.landed_at = landed_at
@@ -302,6 +312,7 @@ class KillResult:
         self.attempts = attempts
         self.stack = stack
         self.in_c_call = in_c_call
+        self.cleanup_may_be_skipped = cleanup_may_be_skipped
 
     def __bool__(self):
         return self.ended

@@ -355,11 +355,13 @@ class Thread(_threading.Thread):
 
         Returns True when the thread took it, False when it has already
         ended. Only this very thread can take it, never a later one that
-        reuses its ident. It is raised at the thread's next bytecode
-        boundary, or at once in one of xthread's killable waits; a thread
-        blocked in another C call raises it when that call returns. An
-        exception sent while the thread is in ``xthread.shield()`` is held
-        back until the shield exits.
+        reuses its ident. It is raised at the thread's next point where
+        the interpreter checks (after a call, at a loop's jump) and the
+        handlers of its frame apply, so its ``except``, ``finally`` and
+        ``with`` exits run; at once in one of xthread's killable waits; a
+        thread blocked in another C call raises it when that call returns.
+        An exception sent while the thread is in ``xthread.shield()`` is
+        held back until the shield exits.
         """
         if not self._xthread_initialized:
             raise RuntimeError("Thread.__init__() not called")
@@ -378,8 +380,10 @@ class Thread(_threading.Thread):
         again every *interval* seconds, at most *attempts* times in all.
         Returns a ``KillResult``, true when the thread ended, which tells
         when the exception was sent and landed, how long the thread took
-        to end, and, when it did not, its stack and whether it sits in a C
-        call that no exception can reach.
+        to end, whether the frame's cleanup may have been skipped (plain
+        delivery was all that could be used), and, when it did not end,
+        its stack and whether it sits in a C call that no exception can
+        reach.
         """
         if not self._xthread_initialized:
             raise RuntimeError("Thread.__init__() not called")
@@ -422,11 +426,13 @@ class Thread(_threading.Thread):
         ended = not self.is_alive()
         elapsed = _monotonic() - start
         landed_at = record.landed_at if record is not None else None
+        unguarded = record is not None and record.unguarded
         if ended:
-            return _stop.KillResult(True, sent_at, landed_at, elapsed, sent)
+            return _stop.KillResult(True, sent_at, landed_at, elapsed, sent,
+                                    cleanup_may_be_skipped=unguarded)
         stack, in_c_call = _stop._stuck_report(ident, record)
         return _stop.KillResult(False, sent_at, landed_at, elapsed, sent,
-                                stack, in_c_call)
+                                stack, in_c_call, unguarded)
 
     # Properties: kept apart from stdlib's private attributes
 

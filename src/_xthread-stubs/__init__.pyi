@@ -108,6 +108,10 @@ class ThreadRecord:
     def shield_depth(self) -> int: ...
     @property
     def pending(self) -> bool: ...
+    @property
+    def unguarded(self) -> bool:
+        """Whether the last exception went by plain delivery on a version
+        where that may skip the handlers of the frame it lands in."""
 
 class Scoped:
     """A context manager whose block is a delivery scope: __enter__ opens
@@ -119,6 +123,9 @@ class Scoped:
     def _scope_entered(self, token: int, /) -> object: ...
     def _scope_exited(self, token: int, /) -> object: ...
 
+# The one delivery path. Where plain delivery may skip a frame's handlers
+# (every supported version, see XTHREAD_LANDING in compat.h), a delivery
+# to a thread with a record is armed and raised where they apply.
 def _deliver(
     ident: int,
     exc: BaseException | type[BaseException],

@@ -3,7 +3,8 @@
  *
  * Layout, in order: module state; the lock and the shared "core" it wraps;
  * the bootstate and the C bootstrap that runs a new thread; sentinels;
- * set_async_exc; the small module functions; module init.
+ * delivery (carriers; landing: raising where the frame's handlers
+ * apply); set_async_exc; the small module functions; module init.
  *
  * Thread life cycle, as seen from the bootstrap (thread_run):
  *
@@ -93,6 +94,26 @@ typedef struct {
     pid_t pid;                  /* the process `count` is about */
     unsigned long long next_generation;
     unsigned long long next_token;      /* deliveries and scopes */
+    /* Landing (see "Landing" below): xthread._landing.verdict, imported by
+     * the first delivery that needs it; whether that import failed. */
+    PyObject *landing_verdict;
+    int landing_failed;
+    /* Trace-function landing: xthread._landing.table, and its answers by
+     * code object (a trace function must not run Python code: on 3.11,
+     * Python code run from a C trace function at a call instruction
+     * leaves the callee untraced). */
+    PyObject *landing_table;
+    PyObject *trace_maps;
+    /* sys.monitoring landing: the module, the tool id held while some
+     * delivery is armed (-1: none), how many records are armed, the code
+     * objects armed and by how many records, the event bits, and the
+     * callbacks (C functions bound to this module). */
+    PyObject *monitoring;
+    int mon_tool;
+    Py_ssize_t mon_armed;
+    PyObject *mon_counts;
+    long ev_instruction, ev_py_start, ev_py_resume;
+    PyObject *cb_instruction, *cb_py_start, *cb_py_resume;
 } xthread_state;
 
 static inline xthread_state *
@@ -161,6 +182,21 @@ typedef struct recordobject {
     /* When the last exception was sent and landed (monotonic us; 0: not). */
     long long sent_at_us;
     long long landed_at_us;
+    /* The outstanding exception waits to be raised at an instruction
+     * where the frame's handlers apply (see "Landing"); `armed_objs`
+     * holds what was armed for it: code objects (sys.monitoring) or
+     * frames whose f_trace_opcodes was set (trace function). */
+    int armed;
+    int land_next;              /* raise at the next instruction it runs */
+    /* The outstanding exception was handed to the interpreter loop
+     * (PyThreadState_SetAsyncExc), so withdrawing it must clear it there.
+     * Not otherwise: on 3.11 clearing signals every thread's eval breaker,
+     * and nothing unsignals it until the next real async exception. */
+    int plain;
+    PyObject *armed_objs;
+    /* The last exception went by plain delivery on a version where a
+     * frame's handlers may then be skipped. */
+    int unguarded;
 } recordobject;
 
 /* Idents are addresses of thread control blocks, aligned and a stack
@@ -300,6 +336,11 @@ record_new(xthread_state *state, unsigned long long generation)
     rec->scopes = NULL;
     rec->nscopes = rec->scopes_cap = 0;
     rec->sent_at_us = rec->landed_at_us = 0;
+    rec->armed = 0;
+    rec->land_next = 0;
+    rec->plain = 0;
+    rec->armed_objs = NULL;
+    rec->unguarded = 0;
     /* Made on first use (record_semaphore): most threads never park nor
      * are sent anything, and thread start should not pay for them. */
     rec->park = NULL;
@@ -315,6 +356,7 @@ record_traverse(recordobject *rec, visitproc visit, void *arg)
     Py_VISIT(rec->outstanding);
     Py_VISIT(rec->deferred);
     Py_VISIT(rec->queue);
+    Py_VISIT(rec->armed_objs);
     return 0;
 }
 
@@ -324,6 +366,7 @@ record_clear(recordobject *rec)
     Py_CLEAR(rec->outstanding);
     Py_CLEAR(rec->deferred);
     Py_CLEAR(rec->queue);
+    Py_CLEAR(rec->armed_objs);
     return 0;
 }
 
@@ -415,6 +458,12 @@ record_get_pending(recordobject *rec, void *Py_UNUSED(closure))
                                && PyList_GET_SIZE(rec->queue) > 0));
 }
 
+static PyObject *
+record_get_unguarded(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(rec->unguarded);
+}
+
 static PyGetSetDef record_getset[] = {
     {"ident", (getter)record_get_ident, NULL, "the thread's ident", NULL},
     {"generation", (getter)record_get_generation, NULL,
@@ -429,6 +478,9 @@ static PyGetSetDef record_getset[] = {
      "how many shields the thread is in", NULL},
     {"pending", (getter)record_get_pending, NULL,
      "whether an exception sent through xthread has not landed yet", NULL},
+    {"unguarded", (getter)record_get_unguarded, NULL,
+     "whether the last exception was sent by plain delivery on a version "
+     "where the handlers of the frame it lands in may be skipped", NULL},
     {NULL, NULL, NULL, NULL, NULL}
 };
 
@@ -451,6 +503,8 @@ static PyType_Spec record_type_spec = {
 
 #define RECORD_CAPSULE "_xthread.record"
 
+static void record_disarm(recordobject *rec);
+
 /* Runs when the thread state's dict is cleared (the thread is ending),
  * with the GIL held. */
 static void
@@ -461,6 +515,7 @@ record_capsule_destructor(PyObject *capsule)
         PyErr_Clear();
         return;
     }
+    record_disarm(rec);
     registry_unlink(&rec->own);
     Py_DECREF(rec);
 }
@@ -544,20 +599,25 @@ current_record(xthread_state *state)
 static void record_send_next(recordobject *rec);
 static void record_drop_queued(recordobject *rec, unsigned long long scope);
 
-/* Withdraws an exception sent through xthread that has not landed yet.
- * GIL held. */
+/* Withdraws an exception sent through xthread that has not landed yet,
+ * and whatever was armed for it. GIL held. */
 static void
 record_withdraw(recordobject *rec)
 {
+    record_disarm(rec);
     if (rec->outstanding != NULL) {
-        PyThreadState_SetAsyncExc(rec->ident, NULL);
+        if (rec->plain) {
+            PyThreadState_SetAsyncExc(rec->ident, NULL);
+        }
         Py_CLEAR(rec->outstanding);
     }
+    rec->plain = 0;
 }
 
-/* Raises, in the calling thread and now, the exception that interrupted
- * a killable wait, withdrawing it from the interpreter loop so that it is
- * raised once. Always returns NULL. */
+/* Raises, in the calling thread and now, the exception sent to it (what
+ * interrupted a killable wait, or an armed delivery at a covered
+ * instruction), withdrawing it from the interpreter loop and disarming,
+ * so that it is raised once. Always returns NULL. */
 static PyObject *
 raise_outstanding(recordobject *rec)
 {
@@ -572,6 +632,9 @@ raise_outstanding(recordobject *rec)
     Py_INCREF(exc);
     record_withdraw(rec);
     rec->landed_at_us = monotonic_us();
+    if (rec->landed != NULL) {
+        PyThread_release_lock(rec->landed);     /* for hand_over_gil */
+    }
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     Py_DECREF(exc);
     record_send_next(rec);
@@ -1368,6 +1431,9 @@ thread_run(void *arg)
     (*xthread_count_ref(get_xthread_state(boot->module)))--;
     /* Ended: no longer findable, and no longer the owner of its record
      * (which lives on while a caller of _find_record holds it). */
+    if (boot->entry.record != NULL) {
+        record_disarm(boot->entry.record);
+    }
     registry_unlink(&boot->entry);
     Py_CLEAR(boot->entry.record);
     Py_CLEAR(boot->module);
@@ -1682,6 +1748,8 @@ carrier_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
         unsigned long long token =
             PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(delivery, 2));
         if (rec->outstanding != NULL && rec->outstanding_token == token) {
+            record_disarm(rec);
+            rec->plain = 0;
             Py_CLEAR(rec->outstanding);
             rec->landed_at_us = monotonic_us();
             if (rec->landed != NULL) {
@@ -1834,6 +1902,690 @@ set_async(unsigned long ident, PyObject *carrier)
     return n;
 }
 
+// Landing: raising a sent exception where the frame's handlers apply
+
+/* Plain delivery (PyThreadState_SetAsyncExc) makes the target raise at its
+ * next eval-breaker check, and some checks sit where the frame's handlers
+ * do not apply: a loop's back edge that the exception table leaves
+ * uncovered (3.11+), the end of a `with` body before its __exit__ (3.9,
+ * 3.10). The frame's except/finally/with exits are then skipped
+ * (XTHREAD_LANDING in compat.h says which versions, and why). A thread
+ * with no record (one that never used xthread) gets plain delivery.
+ *
+ * There, a delivery to a thread with a record is *armed* instead: the
+ * exception is stored on the record as outstanding, as before, but not
+ * handed to the interpreter loop. Instruction events are enabled for
+ * the target thread's code, and at each instruction the target runs,
+ * xthread._landing.verdict says whether to raise there: where the
+ * interpreter itself would check (after a call, at a backward jump), moved
+ * one instruction on while that instruction is one the exception table
+ * leaves uncovered by mistake. raise_outstanding raises it and disarms.
+ *
+ *   - sys.monitoring (3.12+): INSTRUCTION events on the code of every
+ *     frame of the target's stack, set with set_local_events, plus
+ *     PY_START and PY_RESUME, which arm the code of a frame that the
+ *     target enters later. Other threads running armed code get a
+ *     callback that returns at once, for the window only. The tool id is
+ *     taken when the first delivery is armed and freed when the last one
+ *     is disarmed; a free one is picked (4, 3, 5, 2, 1, 0), never one
+ *     another tool holds.
+ *   - a C trace function (3.9-3.11): set on the target's thread state only,
+ *     with opcode events on its frames (f_trace_opcodes, set on the
+ *     current ones and, at their call event, on new ones).
+ *
+ * A delivery that cannot be armed (no free tool id, a trace function of
+ * someone else up to 3.11, the landing module missing) goes plain
+ * and marks the record `unguarded`. Kill's re-deliveries arm again, for
+ * frames entered since. Everything here runs with the GIL held. */
+
+/* The thread state with this ident, or NULL. Holds the GIL; the list is
+ * read as sys._current_frames() and debuggers read it. */
+static PyThreadState *
+find_tstate(unsigned long ident)
+{
+    PyInterpreterState *interp = PyThreadState_GetInterpreter(
+        PyThreadState_Get());
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp);
+         t != NULL; t = PyThreadState_Next(t)) {
+        if (t->thread_id == ident) {
+            return t;
+        }
+    }
+    return NULL;
+}
+
+/* The calling thread's record if it has one (borrowed), else NULL; never
+ * makes one and never fails. */
+static recordobject *
+current_record_if_any(xthread_state *state)
+{
+    reg_entry *boot_entry = current_boot_entry(state);
+    if (boot_entry != NULL) {
+        return boot_entry->record;      /* made on first use: may be NULL */
+    }
+    PyObject *tdict = PyThreadState_GetDict();
+    if (tdict == NULL) {
+        return NULL;
+    }
+    PyObject *capsule = PyDict_GetItemWithError(tdict, state->record_key);
+    if (capsule == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return PyCapsule_GetPointer(capsule, RECORD_CAPSULE);
+}
+
+/* Whether to raise now, the target thread being at `offset` (bytes) of
+ * `code`: asks xthread._landing.verdict, which may also say "at the next
+ * instruction" (noted in rec->land_next). 1 when it cannot tell (errors
+ * are reported). */
+#define VERDICT_LAND 1
+#define VERDICT_NEXT 2
+
+static int
+landing_here(xthread_state *state, recordobject *rec, PyObject *code,
+             PyObject *offset)
+{
+    PyObject *res = PyObject_CallFunctionObjArgs(
+        state->landing_verdict, code, offset,
+        rec->land_next ? Py_True : Py_False, NULL);
+    long verdict = res != NULL ? PyLong_AsLong(res) : -1;
+    Py_XDECREF(res);
+    if (verdict == -1 && PyErr_Occurred()) {
+        PyErr_WriteUnraisable(state->landing_verdict);
+        return 1;
+    }
+    if (verdict == VERDICT_NEXT) {
+        rec->land_next = 1;
+        return 0;
+    }
+    return verdict == VERDICT_LAND;
+}
+
+/* Imports what landing needs, once. Runs Python code: call it before a
+ * delivery's checks. Returns 1 when landing is available. */
+static int
+landing_load(xthread_state *state)
+{
+    if (XTHREAD_LANDING == 0 || state->landing_failed) {
+        return 0;
+    }
+    if (state->landing_verdict != NULL) {
+        return 1;
+    }
+    PyObject *mod = PyImport_ImportModule("xthread._landing");
+    if (mod == NULL) {
+        goto failed;
+    }
+    PyObject *safe = PyObject_GetAttrString(mod, "verdict");
+    if (safe == NULL) {
+        Py_DECREF(mod);
+        goto failed;
+    }
+    if (XTHREAD_LANDING == 1) {
+        state->landing_table = PyObject_GetAttrString(mod, "table");
+        state->trace_maps = PyDict_New();
+        if (state->landing_table == NULL || state->trace_maps == NULL) {
+            Py_CLEAR(state->landing_table);
+            Py_CLEAR(state->trace_maps);
+            Py_DECREF(safe);
+            Py_DECREF(mod);
+            goto failed;
+        }
+    }
+    if (XTHREAD_LANDING == 2) {
+        PyObject *mon = PySys_GetObject("monitoring");      /* borrowed */
+        if (mon == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "no sys.monitoring");
+        }
+        PyObject *events = mon != NULL
+            ? PyObject_GetAttrString(mon, "events") : NULL;
+        if (events == NULL) {
+            Py_DECREF(safe);
+            Py_DECREF(mod);
+            goto failed;
+        }
+        static const char *names[] = {"INSTRUCTION", "PY_START", "PY_RESUME"};
+        long *bits[] = {&state->ev_instruction, &state->ev_py_start,
+                        &state->ev_py_resume};
+        for (size_t i = 0; i < 3; i++) {
+            PyObject *v = PyObject_GetAttrString(events, names[i]);
+            *bits[i] = v != NULL ? PyLong_AsLong(v) : -1;
+            Py_XDECREF(v);
+        }
+        Py_DECREF(events);
+        if (PyErr_Occurred()) {
+            Py_DECREF(safe);
+            Py_DECREF(mod);
+            goto failed;
+        }
+        state->monitoring = Py_NewRef(mon);
+    }
+    Py_DECREF(mod);
+    state->landing_verdict = safe;
+    return 1;
+
+failed:
+    /* Plain delivery from now on; say why once. */
+    PyErr_WriteUnraisable(NULL);
+    state->landing_failed = 1;
+    return 0;
+}
+
+// sys.monitoring (3.12+)
+
+/* Gives the tool id back: no events, no callbacks. Keeps any exception
+ * that is set; its own errors are reported. */
+static void
+mon_release(xthread_state *state)
+{
+    int id = state->mon_tool;
+    if (id < 0) {
+        return;
+    }
+    state->mon_tool = -1;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *r = PyObject_CallMethod(state->monitoring, "set_events", "ii",
+                                      id, 0);
+    Py_XDECREF(r);
+    long evs[] = {state->ev_instruction, state->ev_py_start,
+                  state->ev_py_resume};
+    for (size_t j = 0; r != NULL && j < 3; j++) {
+        r = PyObject_CallMethod(state->monitoring, "register_callback",
+                                "ilO", id, evs[j], Py_None);
+        Py_XDECREF(r);
+    }
+    if (r != NULL) {
+        r = PyObject_CallMethod(state->monitoring, "free_tool_id", "i", id);
+        Py_XDECREF(r);
+    }
+    if (r == NULL) {
+        PyErr_WriteUnraisable(state->monitoring);
+    }
+    PyErr_Restore(et, ev, tb);
+}
+
+/* Takes a free tool id and registers the callbacks, if not held yet.
+ * Returns 1, 0 when every id is taken by other tools, -1 on error. */
+static int
+mon_acquire(xthread_state *state)
+{
+    if (state->mon_tool >= 0) {
+        return 1;
+    }
+    static const int order[] = {4, 3, 5, 2, 1, 0};
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+        int id = order[i];
+        PyObject *r = PyObject_CallMethod(state->monitoring, "get_tool", "i",
+                                          id);
+        if (r == NULL) {
+            return -1;
+        }
+        int taken = r != Py_None;
+        Py_DECREF(r);
+        if (taken) {
+            continue;
+        }
+        r = PyObject_CallMethod(state->monitoring, "use_tool_id", "is", id,
+                                "xthread");
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+        state->mon_tool = id;
+        long evs[] = {state->ev_instruction, state->ev_py_start,
+                      state->ev_py_resume};
+        PyObject *cbs[] = {state->cb_instruction, state->cb_py_start,
+                           state->cb_py_resume};
+        for (size_t j = 0; j < 3; j++) {
+            r = PyObject_CallMethod(state->monitoring, "register_callback",
+                                    "ilO", id, evs[j], cbs[j]);
+            if (r == NULL) {
+                mon_release(state);
+                return -1;
+            }
+            Py_DECREF(r);
+        }
+        r = PyObject_CallMethod(state->monitoring, "set_events", "il", id,
+                                state->ev_py_start | state->ev_py_resume);
+        if (r == NULL) {
+            mon_release(state);
+            return -1;
+        }
+        Py_DECREF(r);
+        return 1;
+    }
+    return 0;
+}
+
+/* Enables instruction events on `code` for `rec` (counted: several
+ * records may arm one code object). */
+static int
+mon_arm_code(xthread_state *state, recordobject *rec, PyObject *code)
+{
+    PyObject *n = PyDict_GetItemWithError(state->mon_counts, code);
+    if (n == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    long count = n != NULL ? PyLong_AsLong(n) : 0;
+    if (count == 0) {
+        PyObject *r = PyObject_CallMethod(state->monitoring,
+                                          "set_local_events", "iOl",
+                                          state->mon_tool, code,
+                                          state->ev_instruction);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    PyObject *c = PyLong_FromLong(count + 1);
+    if (c == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItem(state->mon_counts, code, c);
+    Py_DECREF(c);
+    if (rc < 0) {
+        return -1;
+    }
+    return PyList_Append(rec->armed_objs, code);
+}
+
+/* Undoes mon_arm_code for everything in rec->armed_objs. */
+static int
+mon_disarm_codes(xthread_state *state, recordobject *rec)
+{
+    int rc = 0;
+    Py_ssize_t n = rec->armed_objs != NULL ? PyList_GET_SIZE(rec->armed_objs)
+                                           : 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *code = PyList_GET_ITEM(rec->armed_objs, i);
+        PyObject *v = PyDict_GetItemWithError(state->mon_counts, code);
+        if (v == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        long count = PyLong_AsLong(v) - 1;
+        if (count > 0) {
+            PyObject *c = PyLong_FromLong(count);
+            if (c == NULL || PyDict_SetItem(state->mon_counts, code, c) < 0) {
+                rc = -1;
+                PyErr_Clear();
+            }
+            Py_XDECREF(c);
+            continue;
+        }
+        if (PyDict_DelItem(state->mon_counts, code) < 0) {
+            PyErr_Clear();
+        }
+        if (state->mon_tool >= 0) {
+            PyObject *r = PyObject_CallMethod(state->monitoring,
+                                              "set_local_events", "iOi",
+                                              state->mon_tool, code, 0);
+            if (r == NULL) {
+                rc = -1;
+                PyErr_Clear();
+            }
+            Py_XDECREF(r);
+        }
+    }
+    if (n > 0 && PyList_SetSlice(rec->armed_objs, 0, n, NULL) < 0) {
+        PyErr_Clear();
+    }
+    return rc;
+}
+
+// Trace function (3.11)
+
+/* The answers of xthread._landing.table for `code` (borrowed), made now
+ * if needed (Python code: not from the trace function), or NULL. */
+static PyObject *
+trace_map(xthread_state *state, PyObject *code, int make)
+{
+    PyObject *map = PyDict_GetItemWithError(state->trace_maps, code);
+    if (map != NULL || PyErr_Occurred() || !make) {
+        return map;
+    }
+    if (PyDict_GET_SIZE(state->trace_maps) >= 512) {
+        PyDict_Clear(state->trace_maps);
+    }
+    map = PyObject_CallOneArg(state->landing_table, code);
+    if (map == NULL) {
+        return NULL;
+    }
+    int rc = PyBytes_Check(map)
+             ? PyDict_SetItem(state->trace_maps, code, map) : -1;
+    Py_DECREF(map);     /* the dict holds it */
+    if (rc < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "table() must return bytes");
+        }
+        return NULL;
+    }
+    return map;
+}
+
+/* The trace function of a thread with an armed delivery. At an opcode
+ * event, raises where xthread._landing.table says (read here, in C; a
+ * frame without a table is a resumed generator: raises at once); at the
+ * call event of a new frame, raises at once: the exception reaches the
+ * caller at its call instruction, where the caller's handlers apply.
+ * Not in an __exit__, which must run. */
+static int
+landing_trace(PyObject *obj, PyFrameObject *frame, int what,
+              PyObject *Py_UNUSED(arg))
+{
+    recordobject *rec = (recordobject *)obj;
+    if (!rec->armed || rec->outstanding == NULL) {
+        return 0;
+    }
+    xthread_state *state = PyType_GetModuleState(Py_TYPE(rec));
+    if (state == NULL || state->trace_maps == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    int land = 0;
+    if (what == PyTrace_CALL && xthread_frame_lasti(frame) > 0) {
+        /* A generator resumed: raise at its first instruction, where its
+         * handlers apply (3.9/3.10 would skip them from a call event). */
+        if (PyObject_SetAttrString((PyObject *)frame, "f_trace_opcodes",
+                                   Py_True) < 0
+            || PyList_Append(rec->armed_objs, (PyObject *)frame) < 0) {
+            PyErr_WriteUnraisable((PyObject *)rec);
+        }
+    }
+    else if (what == PyTrace_CALL) {
+        land = PyUnicode_CompareWithASCIIString(code->co_name,
+                                                "__exit__") != 0
+               && PyUnicode_CompareWithASCIIString(code->co_name,
+                                                   "__aexit__") != 0;
+    }
+    else if (what == PyTrace_OPCODE) {
+        PyObject *map = trace_map(state, (PyObject *)code, 0);
+        Py_ssize_t unit = xthread_frame_lasti(frame) / 2;
+        if (map == NULL || unit < 0 || unit >= PyBytes_GET_SIZE(map)) {
+            PyErr_Clear();
+            land = 1;       /* cannot tell */
+        }
+        else {
+            unsigned char flags = (unsigned char)PyBytes_AS_STRING(map)[unit];
+            if ((flags & 1) || rec->land_next) {
+                if (flags & 2) {
+                    rec->land_next = 1;
+                }
+                else {
+                    land = 1;
+                }
+            }
+        }
+    }
+    Py_DECREF(code);
+    if (!land) {
+        return 0;
+    }
+    raise_outstanding(rec);
+    return -1;
+}
+
+/* Sets f_trace_opcodes on the frames of `tstate`'s stack that do not have
+ * it, noting them in rec->armed_objs, and makes their maps. */
+static int
+trace_arm_frames(xthread_state *state, recordobject *rec,
+                 PyThreadState *tstate)
+{
+    PyFrameObject *frame = PyThreadState_GetFrame(tstate);
+    while (frame != NULL) {
+        PyObject *code = (PyObject *)PyFrame_GetCode(frame);
+        PyObject *map = trace_map(state, code, 1);
+        Py_DECREF(code);
+        PyObject *on = map != NULL
+            ? PyObject_GetAttrString((PyObject *)frame, "f_trace_opcodes")
+            : NULL;
+        int is_on = on != NULL ? PyObject_IsTrue(on) : -1;
+        Py_XDECREF(on);
+        if (is_on < 0
+            || (!is_on && (PyObject_SetAttrString((PyObject *)frame,
+                                                  "f_trace_opcodes",
+                                                  Py_True) < 0
+                           || PyList_Append(rec->armed_objs,
+                                            (PyObject *)frame) < 0))) {
+            Py_DECREF(frame);
+            return -1;
+        }
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        frame = back;
+    }
+    return 0;
+}
+
+// Arming
+
+/* Arms the outstanding delivery of `rec` (already stored as outstanding)
+ * on the target's current stack; again on a re-delivery, for frames
+ * entered since. Returns 1 when armed, 0 when it cannot be (plain
+ * delivery must be used), -1 with an exception set. */
+static int
+record_arm(xthread_state *state, recordobject *rec)
+{
+    if (XTHREAD_LANDING == 0 || state->landing_verdict == NULL) {
+        return 0;
+    }
+    PyThreadState *tstate = find_tstate(rec->ident);
+    if (tstate == NULL) {
+        return 0;
+    }
+    if (rec->armed_objs == NULL) {
+        rec->armed_objs = PyList_New(0);
+        if (rec->armed_objs == NULL) {
+            return -1;
+        }
+    }
+    if (XTHREAD_LANDING == 1) {
+        Py_tracefunc current = xthread_get_trace(tstate);
+        if (current != NULL && current != landing_trace) {
+            return 0;       /* a debugger's or a profiler's: leave it */
+        }
+        if (!rec->armed) {
+            if (xthread_set_trace(tstate, landing_trace, (PyObject *)rec) < 0) {
+                return -1;
+            }
+            rec->armed = 1;
+        }
+        return trace_arm_frames(state, rec, tstate) < 0 ? -1 : 1;
+    }
+    int got = mon_acquire(state);
+    if (got <= 0) {
+        return got;
+    }
+    if (!rec->armed) {
+        rec->armed = 1;
+        state->mon_armed++;
+    }
+    PyFrameObject *frame = PyThreadState_GetFrame(tstate);
+    while (frame != NULL) {
+        PyObject *code = (PyObject *)PyFrame_GetCode(frame);
+        int rc = mon_arm_code(state, rec, code);
+        Py_DECREF(code);
+        if (rc < 0) {
+            Py_DECREF(frame);
+            return -1;
+        }
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        frame = back;
+    }
+    return 1;
+}
+
+/* Undoes record_arm. GIL held, any thread; keeps any exception that is
+ * set and reports its own. */
+static void
+record_disarm(recordobject *rec)
+{
+    rec->land_next = 0;
+    if (!rec->armed) {
+        return;
+    }
+    rec->armed = 0;
+    xthread_state *state = PyType_GetModuleState(Py_TYPE(rec));
+    if (state == NULL) {
+        return;
+    }
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    if (XTHREAD_LANDING == 1) {
+        PyThreadState *tstate = find_tstate(rec->ident);
+        if (tstate != NULL && xthread_get_trace(tstate) == landing_trace
+            && xthread_set_trace(tstate, NULL, NULL) < 0) {
+            PyErr_WriteUnraisable((PyObject *)rec);
+        }
+        Py_ssize_t n = rec->armed_objs != NULL
+                       ? PyList_GET_SIZE(rec->armed_objs) : 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (PyObject_SetAttrString(PyList_GET_ITEM(rec->armed_objs, i),
+                                       "f_trace_opcodes", Py_False) < 0) {
+                PyErr_Clear();
+            }
+        }
+        if (n > 0 && PyList_SetSlice(rec->armed_objs, 0, n, NULL) < 0) {
+            PyErr_Clear();
+        }
+    }
+    else if (XTHREAD_LANDING == 2) {
+        if (mon_disarm_codes(state, rec) < 0) {
+            PyErr_WriteUnraisable((PyObject *)rec);
+        }
+        if (--state->mon_armed <= 0) {
+            state->mon_armed = 0;
+            mon_release(state);
+        }
+    }
+    PyErr_Restore(et, ev, tb);
+}
+
+/* sys.monitoring callbacks: (code, offset) for each; they return None
+ * (never DISABLE, which would disable the event for every thread). */
+static PyObject *
+landing_on_instruction(PyObject *module, PyObject *const *args,
+                       Py_ssize_t nargs)
+{
+    xthread_state *state = get_xthread_state(module);
+    recordobject *rec = current_record_if_any(state);
+    if (rec == NULL || !rec->armed || rec->outstanding == NULL || nargs < 2) {
+        Py_RETURN_NONE;
+    }
+    if (!landing_here(state, rec, args[0], args[1])) {
+        Py_RETURN_NONE;
+    }
+    return raise_outstanding(rec);
+}
+
+static PyObject *
+landing_on_py_start(PyObject *module, PyObject *const *args,
+                    Py_ssize_t nargs)
+{
+    /* A call, or a generator or coroutine resumed: arm its code. (Not
+     * raised here: a frame's start may be an __exit__ that must run.) */
+    xthread_state *state = get_xthread_state(module);
+    recordobject *rec = current_record_if_any(state);
+    if (rec == NULL || !rec->armed || rec->outstanding == NULL || nargs < 1
+        || state->mon_tool < 0) {
+        Py_RETURN_NONE;
+    }
+    if (mon_arm_code(state, rec, args[0]) < 0) {
+        PyErr_WriteUnraisable((PyObject *)rec);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef landing_callbacks[] = {
+    {"_landing_on_instruction", (PyCFunction)(void (*)(void))landing_on_instruction,
+     METH_FASTCALL, NULL},
+    {"_landing_on_py_start", (PyCFunction)(void (*)(void))landing_on_py_start,
+     METH_FASTCALL, NULL},
+    {"_landing_on_py_resume", (PyCFunction)(void (*)(void))landing_on_py_start,
+     METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL}
+};
+
+/* After record_arm, if the delivery was disarmed meanwhile (Python code
+ * ran: a finalizer, and the target landed or left the scope), undo what
+ * the rest of record_arm armed. */
+static void
+record_arm_settle(xthread_state *state, recordobject *rec)
+{
+    if (rec->armed || rec->armed_objs == NULL
+        || PyList_GET_SIZE(rec->armed_objs) == 0) {
+        return;
+    }
+    rec->armed = 1;
+    if (XTHREAD_LANDING == 2) {
+        state->mon_armed++;
+    }
+    record_disarm(rec);
+}
+
+/* Hands `instance` to the thread of `rec` and stores it as outstanding:
+ * armed where landing is needed, otherwise (or when it cannot be armed)
+ * plain, through `carrier` (made here when NULL). A parked thread is
+ * armed too (the caller unparks it): its wait raises the outstanding
+ * exception, and if the wait ends otherwise (the lock was granted first)
+ * the armed delivery lands next. Not plain: withdrawing a plain exception
+ * that the wait raised itself would leave every thread's eval breaker
+ * signalled on 3.11, which livelocks a traced frame at its RESUME.
+ * Returns 1 if the thread took it, 0 if no thread has the ident, -1 with
+ * an exception set. GIL held. */
+static int
+record_send(xthread_state *state, recordobject *rec, PyObject *instance,
+            PyObject *carrier, unsigned long long scope,
+            unsigned long long token)
+{
+    int needs_landing = XTHREAD_LANDING != 0;
+    if (needs_landing && state->landing_verdict != NULL) {
+        Py_XSETREF(rec->outstanding, Py_NewRef(instance));
+        rec->outstanding_scope = scope;
+        rec->outstanding_token = token;
+        rec->sent_at_us = monotonic_us();
+        rec->landed_at_us = 0;
+        rec->unguarded = 0;
+        rec->land_next = 0;
+        int armed = record_arm(state, rec);
+        record_arm_settle(state, rec);
+        if (armed > 0) {
+            return 1;
+        }
+        if (armed < 0) {
+            PyErr_WriteUnraisable(instance);
+        }
+        if (rec->outstanding == NULL || rec->outstanding_token != token) {
+            return 1;       /* landed (or withdrawn) while arming */
+        }
+        record_disarm(rec);
+        Py_CLEAR(rec->outstanding);
+    }
+    PyObject *own = NULL;
+    if (carrier == NULL) {
+        carrier = own = make_carrier(instance, rec, token);
+        if (carrier == NULL) {
+            return -1;
+        }
+    }
+    int n = set_async(rec->ident, carrier);
+    Py_XDECREF(own);
+    if (n == 1) {
+        Py_XSETREF(rec->outstanding, Py_NewRef(instance));
+        rec->outstanding_scope = scope;
+        rec->outstanding_token = token;
+        rec->sent_at_us = monotonic_us();
+        rec->landed_at_us = 0;
+        rec->unguarded = needs_landing;
+        rec->plain = 1;
+    }
+    return n;
+}
+
 /* Removes the queued deliveries meant for `scope`. GIL held. */
 static void
 record_drop_queued(recordobject *rec, unsigned long long scope)
@@ -1878,22 +2630,15 @@ record_send_next(recordobject *rec)
             Py_DECREF(item);
             continue;
         }
-        PyObject *carrier = make_carrier(instance, rec, token);
-        if (carrier == NULL) {
+        xthread_state *state = PyType_GetModuleState(Py_TYPE(rec));
+        int n = state != NULL
+                ? record_send(state, rec, instance, NULL, scope, token) : -1;
+        if (n < 0) {
             PyErr_WriteUnraisable(instance);
-            Py_DECREF(item);
-            continue;
         }
-        if (PyThreadState_SetAsyncExc(rec->ident, carrier) == 1) {
-            rec->outstanding = Py_NewRef(instance);
-            rec->outstanding_scope = scope;
-            rec->outstanding_token = token;
-            rec->sent_at_us = monotonic_us();
-            if (rec->parked) {
-                unpark(rec);
-            }
+        else if (n == 1 && rec->parked) {
+            unpark(rec);
         }
-        Py_DECREF(carrier);
         Py_DECREF(item);
     }
     PyErr_Restore(exc_type, exc_value, exc_tb);
@@ -1938,6 +2683,10 @@ record_in_scope(recordobject *rec, unsigned long long scope)
  * call never lands; the cap bounds what that costs the sender. */
 #define HANDOFF_US 2000
 
+/* How long an armed delivery may go without landing before a
+ * re-delivery also sends it plain (see xthread_deliver). */
+#define PLAIN_AFTER_US 50000
+
 static void
 hand_over_gil(recordobject *rec)
 {
@@ -1978,6 +2727,8 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
     if (instance == NULL) {
         return NULL;
     }
+    /* Imports on first use: Python code, so before the checks. */
+    landing_load(state);
     PyObject *result = NULL, *carrier = NULL;
     recordobject *rec = NULL;
     reg_entry *entry = registry_find(&state->registry, ident);
@@ -2018,19 +2769,50 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
         if (scope != 0 && record_enqueue(rec, instance, scope, token) < 0) {
             goto done;
         }
+        /* A re-delivery (kill's): arm frames entered since, too; and if
+         * the armed exception has not landed for PLAIN_AFTER_US, send it
+         * plain as well, so that a stop is never lost: the thread may be
+         * in a C call (plain lands at the call's own check, where the
+         * frame's handlers apply), or on 3.11 livelocked at a traced
+         * RESUME by an async-exception signal that someone else left set
+         * (PyThreadState_SetAsyncExc(ident, NULL)), which only a real
+         * async exception clears. Whichever lands first withdraws the
+         * other (same token). Marked unguarded: plain delivery was used. */
+        if (scope == 0 && rec->armed) {
+            if (record_arm(state, rec) < 0) {
+                PyErr_WriteUnraisable(instance);
+            }
+            record_arm_settle(state, rec);
+            if (rec->armed && !rec->plain && rec->outstanding != NULL
+                && monotonic_us() - rec->sent_at_us >= PLAIN_AFTER_US) {
+                PyObject *plain = make_carrier(rec->outstanding, rec,
+                                               rec->outstanding_token);
+                if (plain == NULL) {
+                    PyErr_WriteUnraisable(instance);
+                }
+                else {
+                    int taken = set_async(rec->ident, plain);
+                    Py_DECREF(plain);
+                    if (taken < 0) {
+                        goto done;
+                    }
+                    if (taken == 1) {
+                        rec->plain = 1;
+                        rec->unguarded = 1;
+                    }
+                }
+            }
+        }
         result = Py_NewRef(Py_True);
         goto done;
     }
-    int n = set_async(ident, carrier);
+    int n = rec != NULL
+            ? record_send(state, rec, instance, carrier, scope, token)
+            : set_async(ident, carrier);
     if (n < 0) {
         goto done;
     }
     if (n == 1 && rec != NULL) {
-        Py_XSETREF(rec->outstanding, Py_NewRef(instance));
-        rec->outstanding_scope = scope;
-        rec->outstanding_token = token;
-        rec->sent_at_us = monotonic_us();
-        rec->landed_at_us = 0;
         if (rec->parked) {
             unpark(rec);
         }
@@ -2054,10 +2836,12 @@ PyDoc_STRVAR(deliver_doc,
 "generation, only the thread of that generation takes it (idents are\n"
 "reused); with a scope, only while the thread is in that scope. A\n"
 "shielded thread keeps it until its shields exit; a thread in a killable\n"
-"wait wakes and raises it at once; otherwise the interpreter raises it at\n"
-"the thread's next bytecode boundary. With handoff, the caller lets go of\n"
-"the GIL until the exception has landed (2 ms at most), so that the\n"
-"target need not wait for the switch interval.");
+"wait wakes and raises it at once; otherwise it is raised at the next\n"
+"point where the interpreter checks and the handlers of the thread's\n"
+"frame apply (a thread with no record: at its next bytecode boundary).\n"
+"With handoff, the caller lets go of the GIL until the exception has\n"
+"landed (2 ms at most), so that the target need not wait for the switch\n"
+"interval.");
 
 static PyObject *
 xthread_record(PyObject *module, PyObject *Py_UNUSED(ignored))
@@ -2656,6 +3440,24 @@ xthread_exec(PyObject *module)
     state->pid = getpid();
     state->next_generation = 0;
     state->next_token = 0;
+    state->landing_verdict = NULL;
+    state->landing_failed = 0;
+    state->monitoring = NULL;
+    state->mon_tool = -1;
+    state->mon_armed = 0;
+    state->ev_instruction = state->ev_py_start = state->ev_py_resume = 0;
+    state->mon_counts = PyDict_New();
+    if (state->mon_counts == NULL) {
+        return -1;
+    }
+    PyObject **cbs[] = {&state->cb_instruction, &state->cb_py_start,
+                        &state->cb_py_resume};
+    for (size_t i = 0; i < 3; i++) {
+        *cbs[i] = PyCFunction_NewEx(&landing_callbacks[i], module, NULL);
+        if (*cbs[i] == NULL) {
+            return -1;
+        }
+    }
     state->registry.count = 0;
     state->registry.nchains = REGISTRY_MIN_CHAINS;
     state->registry.chains = PyMem_RawCalloc(REGISTRY_MIN_CHAINS,
@@ -2733,6 +3535,14 @@ xthread_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->lock_type);
     Py_VISIT(state->record_type);
     Py_VISIT(state->scoped_type);
+    Py_VISIT(state->landing_verdict);
+    Py_VISIT(state->landing_table);
+    Py_VISIT(state->trace_maps);
+    Py_VISIT(state->monitoring);
+    Py_VISIT(state->mon_counts);
+    Py_VISIT(state->cb_instruction);
+    Py_VISIT(state->cb_py_start);
+    Py_VISIT(state->cb_py_resume);
     return 0;
 }
 
@@ -2746,6 +3556,14 @@ xthread_clear(PyObject *module)
     Py_CLEAR(state->record_key);
     Py_CLEAR(state->str_entered);
     Py_CLEAR(state->str_exited);
+    Py_CLEAR(state->landing_verdict);
+    Py_CLEAR(state->landing_table);
+    Py_CLEAR(state->trace_maps);
+    Py_CLEAR(state->monitoring);
+    Py_CLEAR(state->mon_counts);
+    Py_CLEAR(state->cb_instruction);
+    Py_CLEAR(state->cb_py_start);
+    Py_CLEAR(state->cb_py_resume);
     return 0;
 }
 

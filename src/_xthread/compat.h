@@ -10,6 +10,9 @@
 #define XTHREAD_COMPAT_H
 
 #include <Python.h>
+/* PyFrame_GetBack (3.9+) is declared by frameobject.h, which Python.h
+ * includes only from 3.11. */
+#include <frameobject.h>
 
 /* Py_NewRef / Py_XNewRef: added in 3.10 (bpo-42262). */
 #if PY_VERSION_HEX < 0x030A0000
@@ -131,6 +134,77 @@ PyType_GetModuleByDef(PyTypeObject *type, PyModuleDef *def)
 #else
 #  define XTHREAD_REPORT_OWN_CLASS() ((void)0)
 #endif
+
+/* Where a sent exception lands. PyThreadState_SetAsyncExc makes the
+ * target raise at its next eval-breaker check, and some of those checks
+ * sit where the frame's handlers do not apply:
+ *   - 3.11-3.14: on a loop's back edge the check runs at the backward
+ *     jump, whose offset the exception table may leave uncovered
+ *     (python/cpython#108214 on 3.11 and 3.12, where the jump is taken
+ *     before the check; python/cpython#130279 on 3.13 and 3.14, where the
+ *     table stops short of the jump): except/finally/with exits skipped;
+ *   - 3.9 and 3.10: a check follows the POP_BLOCK that ends a `with` body,
+ *     before its __exit__ is called: in a loop, `with lock:` leaves the
+ *     lock held.
+ * So xthread arms deliveries instead (see "Landing" in the C source):
+ *
+ *   XTHREAD_LANDING 1: a C trace function set on the target's thread
+ *       state for the delivery window (_PyEval_SetTrace, declared in
+ *       cpython/ceval.h up to 3.12, takes any thread state; opcode events
+ *       need the frame's f_trace_opcodes). 3.9-3.11.
+ *   XTHREAD_LANDING 2: sys.monitoring instruction events on the code of
+ *       the target's frames (3.12+: _PyEval_SetTrace is internal from
+ *       3.13, and legacy tracing raises at the jump itself).
+ * XTHREAD_LANDING 0 would be plain delivery, for a version where it is
+ * right. The helpers below are stubs where unused, so that the C source
+ * has no version test of its own. */
+#if PY_VERSION_HEX >= 0x030C0000
+#  define XTHREAD_LANDING 2
+#else
+#  define XTHREAD_LANDING 1
+#endif
+
+#if XTHREAD_LANDING == 1
+static inline int
+xthread_set_trace(PyThreadState *tstate, Py_tracefunc func, PyObject *obj)
+{
+    return _PyEval_SetTrace(tstate, func, obj);
+}
+static inline Py_tracefunc
+xthread_get_trace(PyThreadState *tstate)
+{
+    return tstate->c_tracefunc;
+}
+#else
+static inline int
+xthread_set_trace(PyThreadState *Py_UNUSED(tstate),
+                  Py_tracefunc Py_UNUSED(func), PyObject *Py_UNUSED(obj))
+{
+    PyErr_SetString(PyExc_SystemError,
+                    "no per-thread trace landing on this Python");
+    return -1;
+}
+static inline Py_tracefunc
+xthread_get_trace(PyThreadState *Py_UNUSED(tstate))
+{
+    return NULL;
+}
+#endif
+
+/* The offset in bytes of the instruction the frame is at, -1 before its
+ * first: PyFrame_GetLasti from 3.11; f_lasti counts bytes on 3.9 and
+ * code units on 3.10 (bpo-27129). */
+static inline int
+xthread_frame_lasti(PyFrameObject *frame)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyFrame_GetLasti(frame);
+#elif PY_VERSION_HEX >= 0x030A0000
+    return frame->f_lasti < 0 ? -1 : frame->f_lasti * 2;
+#else
+    return frame->f_lasti;
+#endif
+}
 
 /* PY_TIMEOUT_MAX: a macro up to 3.12, a const variable from 3.13
  * (gh-110850). Both spell the same name; the value is only read at run
