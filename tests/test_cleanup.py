@@ -334,6 +334,25 @@ def test_deliver_scoped(shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.__name__)
+def test_pool_cancel(shape):
+    # Future.cancel() of a running task: its stop goes through the task's
+    # scope, on the same path.
+    with xthread.ThreadPoolExecutor(1) as pool:
+        def trial():
+            ctx = Ctx()
+            future = pool.submit(run_shape, shape, ctx)
+            assert ctx.ready_event.wait(JOIN_TIMEOUT), "shape never started"
+            assert future.cancel()
+            assert ctx.done.wait(JOIN_TIMEOUT), (
+                f"{shape.__name__}: the stop never landed")
+            assert future.wait_stopped(JOIN_TIMEOUT)
+            return ctx
+        for ctx in counted_trials(trial, shape):
+            check(shape, ctx, xthread.TaskCancelled)
+        assert pool.health().replaced == 0
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.__name__)
 def test_time_limit(shape):
     results = []
 
