@@ -2328,28 +2328,18 @@ landing_trace(PyObject *obj, PyFrameObject *frame, int what,
     return -1;
 }
 
-/* Sets f_trace_opcodes on the frames of `tstate`'s stack that do not have
- * it, noting them in rec->armed_objs, and makes their maps. */
+/* Calls fn(state, rec, frame) for each frame of `tstate`'s stack,
+ * innermost first; stops at the first that fails (-1). */
+typedef int (*frame_visitor)(xthread_state *, recordobject *,
+                             PyFrameObject *);
+
 static int
-trace_arm_frames(xthread_state *state, recordobject *rec,
-                 PyThreadState *tstate)
+for_each_frame(xthread_state *state, recordobject *rec,
+               PyThreadState *tstate, frame_visitor fn)
 {
     PyFrameObject *frame = PyThreadState_GetFrame(tstate);
     while (frame != NULL) {
-        PyObject *code = (PyObject *)PyFrame_GetCode(frame);
-        PyObject *map = trace_map(state, code, 1);
-        Py_DECREF(code);
-        PyObject *on = map != NULL
-            ? PyObject_GetAttrString((PyObject *)frame, "f_trace_opcodes")
-            : NULL;
-        int is_on = on != NULL ? PyObject_IsTrue(on) : -1;
-        Py_XDECREF(on);
-        if (is_on < 0
-            || (!is_on && (PyObject_SetAttrString((PyObject *)frame,
-                                                  "f_trace_opcodes",
-                                                  Py_True) < 0
-                           || PyList_Append(rec->armed_objs,
-                                            (PyObject *)frame) < 0))) {
+        if (fn(state, rec, frame) < 0) {
             Py_DECREF(frame);
             return -1;
         }
@@ -2358,6 +2348,41 @@ trace_arm_frames(xthread_state *state, recordobject *rec,
         frame = back;
     }
     return 0;
+}
+
+/* Sets f_trace_opcodes on a frame that does not have it, noting it in
+ * rec->armed_objs, and makes its code's map. */
+static int
+trace_arm_frame(xthread_state *state, recordobject *rec,
+                PyFrameObject *frame)
+{
+    PyObject *code = (PyObject *)PyFrame_GetCode(frame);
+    PyObject *map = trace_map(state, code, 1);
+    Py_DECREF(code);
+    PyObject *on = map != NULL
+        ? PyObject_GetAttrString((PyObject *)frame, "f_trace_opcodes")
+        : NULL;
+    int is_on = on != NULL ? PyObject_IsTrue(on) : -1;
+    Py_XDECREF(on);
+    if (is_on < 0
+        || (!is_on && (PyObject_SetAttrString((PyObject *)frame,
+                                              "f_trace_opcodes",
+                                              Py_True) < 0
+                       || PyList_Append(rec->armed_objs,
+                                        (PyObject *)frame) < 0))) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Arms instruction events on a frame's code. */
+static int
+mon_arm_frame(xthread_state *state, recordobject *rec, PyFrameObject *frame)
+{
+    PyObject *code = (PyObject *)PyFrame_GetCode(frame);
+    int rc = mon_arm_code(state, rec, code);
+    Py_DECREF(code);
+    return rc < 0 ? -1 : 0;
 }
 
 // Arming
@@ -2393,7 +2418,8 @@ record_arm(xthread_state *state, recordobject *rec)
             }
             rec->armed = 1;
         }
-        return trace_arm_frames(state, rec, tstate) < 0 ? -1 : 1;
+        return for_each_frame(state, rec, tstate, trace_arm_frame) < 0
+               ? -1 : 1;
     }
     int got = mon_acquire(state);
     if (got <= 0) {
@@ -2403,20 +2429,7 @@ record_arm(xthread_state *state, recordobject *rec)
         rec->armed = 1;
         state->mon_armed++;
     }
-    PyFrameObject *frame = PyThreadState_GetFrame(tstate);
-    while (frame != NULL) {
-        PyObject *code = (PyObject *)PyFrame_GetCode(frame);
-        int rc = mon_arm_code(state, rec, code);
-        Py_DECREF(code);
-        if (rc < 0) {
-            Py_DECREF(frame);
-            return -1;
-        }
-        PyFrameObject *back = PyFrame_GetBack(frame);
-        Py_DECREF(frame);
-        frame = back;
-    }
-    return 1;
+    return for_each_frame(state, rec, tstate, mon_arm_frame) < 0 ? -1 : 1;
 }
 
 /* Undoes record_arm. GIL held, any thread; keeps any exception that is
