@@ -25,11 +25,16 @@ SCRIPT_TIMEOUT = 60.0
 class Joinable:
     """A thread started with ``_xthread._start_joinable_thread``."""
 
-    def __init__(self, ident, native_id, sentinel, generation):
+    def __init__(self, ident, sentinel, generation):
         self.ident = ident
-        self.native_id = native_id
         self.sentinel = sentinel
         self.generation = generation
+
+    @property
+    def native_id(self):
+        """The thread's OS id (waits for its first instruction); None once
+        it has ended."""
+        return _xthread._native_id(self.ident, self.generation)
 
     def join(self, timeout=JOIN_TIMEOUT):
         """Wait (bounded) until the thread's state is gone; fail if not."""

@@ -396,9 +396,11 @@ def test_calling_thread_itself():
 @pytest.mark.parametrize("where", ["at-start", "in-plain-loop"])
 def test_uncaught_in_xthread_goes_to_unraisablehook(exc, where):
     go = threading.Event()
+    running = threading.Event()
     spinning = threading.Event()
 
     def function():
+        running.set()
         if where == "at-start":
             go.wait(JOIN_TIMEOUT)
         spinning.set()
@@ -412,6 +414,9 @@ def test_uncaught_in_xthread_goes_to_unraisablehook(exc, where):
     with catch_unraisable() as hook:
         t = start_joinable(function)
         try:
+            # set_async_exc, as _thread's, reaches a thread once it has its
+            # thread state, which start does not wait for.
+            assert running.wait(JOIN_TIMEOUT)
             if where == "in-plain-loop":
                 assert spinning.wait(JOIN_TIMEOUT)
             assert _xthread.set_async_exc(t.ident, exc) == 1
@@ -430,15 +435,18 @@ def test_uncaught_in_xthread_goes_to_unraisablehook(exc, where):
 @pytest.mark.parametrize("exc", [SystemExit, SystemExit(5)])
 def test_system_exit_ends_xthread_silently(exc):
     go = threading.Event()
+    running = threading.Event()
     after = []
 
     def function():
+        running.set()
         go.wait(JOIN_TIMEOUT)
         after.append("ran on")
 
     with catch_unraisable() as hook:
         t = start_joinable(function)
         try:
+            assert running.wait(JOIN_TIMEOUT)
             assert _xthread.set_async_exc(t.ident, exc) == 1
         finally:
             go.set()

@@ -205,7 +205,7 @@ say("ready")
 def test_exit_while_waiting_on_sentinel():
     run("""
 go = threading.Event()
-ident, native_id, sentinel, _ = _xthread._start_joinable_thread(go.wait, ())
+ident, sentinel, _ = _xthread._start_joinable_thread(go.wait, ())
 waiting = threading.Event()
 
 def joiner():
@@ -223,7 +223,7 @@ def test_sentinel_thread_ends_during_finalization():
 def short():
     time.sleep(0.2)
 
-ident, native_id, sentinel, _ = _xthread._start_joinable_thread(short, ())
+ident, sentinel, _ = _xthread._start_joinable_thread(short, ())
 waiting = threading.Event()
 
 def joiner():
@@ -244,7 +244,7 @@ def test_main_thread_waits_on_sentinel_in_teardown():
     hang nor crash."""
     out, err = run("""
 go = threading.Event()
-ident, native_id, sentinel, _ = _xthread._start_joinable_thread(go.wait, (60,))
+ident, sentinel, _ = _xthread._start_joinable_thread(go.wait, (60,))
 say("ready")
 
 def join(go=go, sentinel=sentinel, say=say):
@@ -416,7 +416,7 @@ for i in range(N):
         _xthread.start_new_thread(sentinel_waiter, (joinables[-1],))
     else:
         joinables.append(_xthread._start_joinable_thread(
-            kinds[i % 4], ())[2])
+            kinds[i % 4], ())[1])
 for _ in range(N):
     assert started.acquire(timeout=30)
 say("ready")

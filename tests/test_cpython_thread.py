@@ -36,7 +36,7 @@ except ImportError:     # 3.9: the helpers are in test.support itself
 
 # 3.13 rebuilt _thread's joinable threads on a thread handle object;
 # _xthread keeps the older sentinel design (_start_joinable_thread returns
-# (ident, native_id, sentinel)), so these tests have nothing to run on.
+# (ident, sentinel, generation)), so these tests have nothing to run on.
 _HANDLE_API = ("uses _thread.start_joinable_thread and the _ThreadHandle "
                "API of 3.13 (join/is_done/set_done/_make_thread_handle), "
                "which _xthread does not have: it joins through "
@@ -114,7 +114,7 @@ def test_pointed_at_xthread(pointed_at_xthread):
     before = threading_helper._thread._count()
     go = _xthread.allocate_lock()
     go.acquire()
-    ident, native_id, sentinel, _ = _xthread._start_joinable_thread(
+    ident, sentinel, _ = _xthread._start_joinable_thread(
         go.acquire, ())
     try:
         assert threading_helper._thread._count() == before + 1

@@ -188,7 +188,7 @@ def test_joinable_sentinel_dropped():
         ready.set()
         go.wait(JOIN_TIMEOUT)
 
-    ident, native_id, sentinel, _ = _xthread._start_joinable_thread(function, ())
+    ident, sentinel, _ = _xthread._start_joinable_thread(function, ())
     ref = weakref.ref(sentinel)
     del sentinel
     assert ref() is None
@@ -277,7 +277,7 @@ def test_ctrl_c_interrupts_join():
         import signal, threading, _xthread
 
         go = threading.Event()
-        ident, native_id, sentinel, _ = _xthread._start_joinable_thread(
+        ident, sentinel, _ = _xthread._start_joinable_thread(
             go.wait, (60,))
 
         ticks = []

@@ -13,7 +13,8 @@ import pytest
 
 import _xthread
 from helpers import (JOIN_TIMEOUT, assert_clean_exit, catch_unraisable,
-                     joined, run_script, stack_size, start_joinable)
+                     joined, run_script, stack_size, start_joinable,
+                     switch_interval)
 
 START_FUNCTIONS = [
     pytest.param(_xthread.start_new_thread, id="start_new_thread"),
@@ -122,7 +123,7 @@ def test_joinable_with_given_sentinel():
     go = threading.Event()
     result = _xthread._start_joinable_thread(go.wait, (JOIN_TIMEOUT,), None,
                                              sentinel)
-    assert result[2] is sentinel
+    assert result[1] is sentinel
     go.set()
     assert sentinel.acquire(timeout=JOIN_TIMEOUT)
     with pytest.raises(ValueError, match="held"):
@@ -344,7 +345,7 @@ def test_stack_size_applies_to_new_threads(start, restore_stack_size):
 # _start_joinable_thread
 
 
-def test_joinable_returns_ident_native_id_sentinel():
+def test_joinable_returns_ident_sentinel_generation():
     seen = {}
     go = threading.Event()
 
@@ -356,35 +357,83 @@ def test_joinable_returns_ident_native_id_sentinel():
 
     result = _xthread._start_joinable_thread(function, ())
     try:
-        assert type(result) is tuple and len(result) == 4
-        ident, native_id, sentinel, generation = result
-        assert type(ident) is int and type(native_id) is int
+        assert type(result) is tuple and len(result) == 3
+        ident, sentinel, generation = result
+        assert type(ident) is int
         assert type(generation) is int and generation > 0
         assert isinstance(sentinel, _xthread.LockType)
         assert sentinel.locked()
         assert not sentinel.acquire(blocking=False)
+        # Known at once, though the thread may not have run yet.
+        native_id = _xthread._native_id(ident, generation)
+        assert type(native_id) is int
     finally:
         go.set()
     assert sentinel.acquire(timeout=JOIN_TIMEOUT)
     assert seen["ident"] == ident
     assert seen["native_id"] == native_id == seen["threading_native_id"]
     assert native_id != _xthread.get_native_id()
+    # Ended: no longer known.
+    assert _xthread._native_id(ident, generation) is None
+
+
+def test_native_id_of_unknown_thread_or_generation():
+    assert _xthread._native_id(0) is None
+    with joined(threading.Event().wait, 0) as t:
+        pass
+    assert _xthread._native_id(t.ident, t.generation) is None
+    go = threading.Event()
+    with joined(go.wait, JOIN_TIMEOUT) as t:
+        try:
+            assert _xthread._native_id(t.ident, t.generation + 1) is None
+            assert type(_xthread._native_id(t.ident)) is int
+        finally:
+            go.set()
+    with pytest.raises(TypeError):
+        _xthread._native_id("1")
+    with pytest.raises(ValueError):
+        _xthread._native_id(-1)
 
 
 def test_joinable_thread_reachable_at_once():
-    """The call returns once the thread has its thread state:
-    set_async_exc finds it immediately, before it has run any Python."""
+    """The call returns before the thread has run, even before it has a
+    thread state: an exception sent through _deliver at once is held until
+    the thread runs, and raised there in place of its function."""
     class Stop(Exception):
         pass
 
+    ran = []
+    _xthread._deliver(0, Stop)      # its first call imports; not below
+    with catch_unraisable() as hook:
+        # With a stack size set the thread is made with the GIL held, and
+        # with no forced switches this thread keeps the GIL from the start
+        # call to the delivery: the new thread cannot have run.
+        with stack_size(1 << 20), switch_interval(60):
+            t = start_joinable(ran.append, 1)
+            assert _xthread._deliver(t.ident, Stop, generation=t.generation,
+                                     handoff=False) is True
+        t.join()
+    assert ran == []
+    assert [r.exc_type for r in hook.records] == [Stop]
+
+
+def test_set_async_exc_reaches_a_thread_once_it_runs():
+    """set_async_exc is PyThreadState_SetAsyncExc, as _thread's: it reaches
+    a thread that has its thread state (here: one that has run)."""
+    class Stop(Exception):
+        pass
+
+    started = threading.Event()
     go = threading.Event()
 
     def function():
+        started.set()
         go.wait(JOIN_TIMEOUT)
 
     with catch_unraisable() as hook:
         t = start_joinable(function)
         try:
+            assert started.wait(JOIN_TIMEOUT)
             assert _xthread.set_async_exc(t.ident, Stop) == 1
         finally:
             go.set()
@@ -421,12 +470,13 @@ def test_idents_differ_between_live_threads():
     try:
         assert sorted(t.ident for t in threads) == sorted(
             set(t.ident for t in threads))
-        assert len({t.native_id for t in threads}) == 5
+        expected = [(t.ident, t.native_id) for t in threads]
+        assert len({native_id for _, native_id in expected}) == 5
     finally:
         go.set()
         for t in threads:
             t.join()
-    assert sorted(idents) == sorted((t.ident, t.native_id) for t in threads)
+    assert sorted(idents) == sorted(expected)
 
 
 # _count
@@ -594,7 +644,7 @@ def test_fork_resets_count(where):
                     t = _xthread._start_joinable_thread(hold.acquire, ())
                     report.append(_xthread._count())
                     hold.release()
-                    report.append(t[2].acquire(timeout=30))
+                    report.append(t[1].acquire(timeout=30))
                     report.append(_xthread._count())
                     os.write(w, repr(report).encode())
                 finally:
@@ -608,9 +658,9 @@ def test_fork_resets_count(where):
             fork_and_report()
         else:
             t = _xthread._start_joinable_thread(fork_and_report, ())
-            assert t[2].acquire(timeout=30)
+            assert t[1].acquire(timeout=30)
         go.set()
-        for ident, native_id, sentinel, generation in parked:
+        for ident, sentinel, generation in parked:
             assert sentinel.acquire(timeout=30)
     """)
     assert_clean_exit(rc, out, err)

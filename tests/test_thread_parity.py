@@ -18,7 +18,7 @@ import warnings
 import pytest
 
 import xthread
-from helpers import join_or_fail
+from helpers import join_or_fail, stack_size, switch_interval
 
 #: Upper bound for any wait on a thread, lock or event.
 JOIN_TIMEOUT = 30.0
@@ -573,6 +573,38 @@ def test_ident_and_native_id(thread_cls):
     # Kept after the end.
     assert (t.ident, t.native_id) == (ident, native_id)
     assert t.ident != threading.get_ident()
+
+
+def test_xthread_start_returns_before_the_thread_runs():
+    """xthread's start() does not wait for the new thread (stdlib's waits
+    until it has run Python): what start() promises holds before it has
+    run, native_id included."""
+    ran = []
+    seen = {}
+    go = threading.Event()
+
+    def target():
+        ran.append(True)
+        seen["native_id"] = threading.get_native_id()
+        go.wait(JOIN_TIMEOUT)
+
+    t = xthread.Thread(target=target)
+    # With a stack size set the OS thread is made with the GIL held, and
+    # with no forced switches this thread keeps the GIL until native_id
+    # waits: the new thread cannot have run Python before that.
+    with stack_size(1 << 20), switch_interval(60):
+        t.start()
+        before = (list(ran), t.is_alive(), t in threading.enumerate(),
+                  type(t.ident))
+        native_id = t.native_id
+    try:
+        assert before == ([], True, True, int)
+        assert isinstance(native_id, int)
+    finally:
+        go.set()
+        join_or_fail(t)
+    assert ran == [True]
+    assert native_id == seen["native_id"] == t.native_id
 
 
 def test_repr(thread_cls):

@@ -277,8 +277,8 @@ class _WorkItem:
 class _Worker:
     """A worker thread's state, shared with its pool."""
 
-    __slots__ = ("thread", "generation", "written_off", "released", "task",
-                 "completed", "__weakref__")
+    __slots__ = ("thread", "generation", "written_off", "running",
+                 "released", "task", "completed", "__weakref__")
 
     def __init__(self):
         self.thread = None
@@ -290,6 +290,8 @@ class _Worker:
         # has returned the generation to the pool).
         self.generation = 0
         self.written_off = False
+        # Set once the worker's thread runs (see _spawn).
+        self.running = _Event()
         # Set when the worker stops serving: its loop ended, or it was
         # written off. shutdown(wait=True) waits on this, not on join(),
         # so that a stuck worker does not hold it up.
@@ -492,6 +494,7 @@ def _worker(executor_reference, worker, work_queue, initializer, initargs):
     # each task run in its own delivery scope and a stop for a written-off
     # worker.
     worker.generation = _xthread._record().generation
+    worker.running.set()
     try:
         if initializer is not None:
             try:
@@ -690,6 +693,13 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
                                  self._initargs))
         worker.thread = t
         t.start()
+        # xthread's start() returns before the new thread runs; stdlib's
+        # waits for it, so a worker started for a task takes that task
+        # before submit() returns, and shutdown(cancel_futures=True) right
+        # after finds it running, not queued. Keep that: wait here, once
+        # per worker (a thread that never runs, at exit, ends instead).
+        while not worker.running.wait(1.0) and t.is_alive():
+            pass
         self._spawned += 1
         self._threads.add(t)
         self._workers[t] = worker

@@ -2,13 +2,15 @@
 
 The life cycle is stdlib's (``start`` -> ``_bootstrap`` ->
 ``_bootstrap_inner`` -> ``run``, then ``_delete``; ``join`` waits on a
-sentinel lock released once the thread state is gone), with the start
-handshake and the join wait done in C:
+sentinel lock released once the thread state is gone), with no Python
+``Event`` or ``Condition`` in either:
 
-* ``start`` calls ``_xthread._start_joinable_thread``, which returns once the
-  OS thread has its thread state, with the thread's ident, native id and a
-  held sentinel lock. No Python ``Event`` round trip: the new thread need
-  not run any Python before ``start`` returns.
+* ``start`` calls ``_xthread._start_joinable_thread``, which returns as soon
+  as the OS thread exists, with the thread's ident and a held sentinel lock,
+  without waiting for the thread to run: no ``Event`` round trip, and no
+  wait in C either (the new thread waits, if it gets there first, until
+  the parent has made it findable by its ident). ``native_id`` is the one
+  thing known only once the thread has run; read before that, it waits.
 * ``join`` acquires the sentinel, which the C bootstrap releases after
   ``PyThreadState_DeleteCurrent``.
 
@@ -37,6 +39,7 @@ _call_unshielded = _xthread._call_unshielded
 _monotonic = _time.monotonic
 _get_ident = _xthread.get_ident
 _get_native_id = _xthread.get_native_id
+_native_id = _xthread._native_id
 _gettrace = _compat.gettrace
 _getprofile = _compat.getprofile
 _active = _compat.active
@@ -64,13 +67,17 @@ def _track_for_shutdown(sentinel):
             _shutdown_prune_at = 2 * len(_shutdown_sentinels) + 64
 
 
+def _untrack_for_shutdown(sentinel):
+    with _shutdown_lock:
+        _shutdown_sentinels.discard(sentinel)
+
+
 def _release_from_exit_wait(thread):
     """Interpreter exit no longer waits for *thread*, as if it were a
     daemon thread: for a pool worker written off while stuck in a call
     that no exception reaches."""
     thread._xthread_daemonic = True
-    with _shutdown_lock:
-        _shutdown_sentinels.discard(thread._xthread_sentinel)
+    _untrack_for_shutdown(thread._xthread_sentinel)
 
 
 def _join_non_daemon_threads():
@@ -182,7 +189,9 @@ class Thread(_threading.Thread):
     def start(self):
         """Start the thread's activity: ``run()`` in a new OS thread.
 
-        Returns once the thread exists, with its ident and native id set.
+        Returns as soon as the OS thread exists, with its ident set; the
+        thread is alive, listed by ``threading.enumerate()`` and can be
+        sent an exception from then on, though it may not have run yet.
         Calling it twice raises RuntimeError.
         """
         if not self._xthread_initialized:
@@ -201,27 +210,30 @@ class Thread(_threading.Thread):
         self._xthread_state = _STARTING
         with _active_limbo_lock():
             _limbo[self] = self
+        # All bookkeeping before the OS thread exists, none after: the new
+        # thread soon asks for the GIL, and should find it free.
+        _started_threads.add(self)
+        if not self._xthread_daemonic:
+            _track_for_shutdown(sentinel)
         try:
             # Shielded until run(): an exception sent this early waits
             # until the thread is registered and inside the handlers
             # below, instead of escaping the bootstrap.
-            ident, native_id, _, generation = _start_joinable_thread(
+            ident, _, generation = _start_joinable_thread(
                 self._bootstrap, (), None, sentinel, True)
         except BaseException:
             self._xthread_state = _NEW
             self._xthread_sentinel = None
+            _started_threads.discard(self)
+            _untrack_for_shutdown(sentinel)
             with _active_limbo_lock():
                 _limbo.pop(self, None)
             raise
         self._xthread_ident = ident
-        self._xthread_native_id = native_id
         self._xthread_generation = generation
         if self._xthread_state == _STARTING:
             # (A join from another thread may have seen it end already.)
             self._xthread_state = _STARTED
-        _started_threads.add(self)
-        if not self._xthread_daemonic:
-            _track_for_shutdown(sentinel)
 
     def run(self):
         """The thread's activity: calls the target with its arguments.
@@ -456,9 +468,20 @@ class Thread(_threading.Thread):
 
     @property
     def native_id(self):
-        """The operating system's id of the thread, or None before start."""
+        """The operating system's id of the thread, or None before start.
+
+        Read just after ``start()``, before the new thread has run its
+        first instruction, it waits for that (microseconds)."""
         assert self._xthread_initialized, "Thread.__init__() not called"
-        return self._xthread_native_id
+        native_id = self._xthread_native_id
+        if (native_id is None and self._xthread_ident is not None
+                and self._xthread_state != _STOPPED):
+            # None from a thread that ended without running (at exit).
+            native_id = _native_id(self._xthread_ident,
+                                   self._xthread_generation)
+            if native_id is not None:
+                self._xthread_native_id = native_id
+        return native_id
 
     @property
     def daemon(self):

@@ -60,11 +60,15 @@ def _start_joinable_thread(
     sentinel: LockType | None = None,
     shielded: bool = False,
     /,
-) -> tuple[int, int, LockType, int]:
-    """Start a thread; return (ident, native_id, sentinel, generation), the
-    sentinel (new, or the held lock given) being a held lock released once
-    the thread's state is deleted, the generation telling this thread from
-    a later one with the same ident."""
+) -> tuple[int, LockType, int]:
+    """Start a thread, without waiting for it to run; return (ident,
+    sentinel, generation), the sentinel (new, or the held lock given) being
+    a held lock released once the thread's state is deleted, the generation
+    telling this thread from a later one with the same ident."""
+
+def _native_id(ident: int, generation: int = 0) -> int | None:
+    """The OS id of a thread that _xthread knows (waits for a thread just
+    started to run its first instruction); None if there is none."""
 
 def allocate_lock() -> LockType: ...
 def allocate() -> LockType: ...

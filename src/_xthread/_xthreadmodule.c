@@ -11,10 +11,12 @@
  *     parent (GIL held)                      child (new OS thread)
  *     -----------------                      ---------------------
  *     bootstate + refs, GIL dropped
- *     PyThread_start_new_thread  ------->    native id, PyThreadState_New
- *     wait                      <-------     handshake: tstate exists
+ *     PyThread_start_new_thread  ------->    native id into its entry
+ *     GIL taken back                         waits for `ready`
+ *     link the entry (ident)
+ *     release `ready`            ------->    PyThreadState_New
  *     return ident                           PyEval_AcquireThread (GIL)
- *                                            function(*args, **kwargs)
+ *     (never waits for the child)            function(*args, **kwargs)
  *                                            drop refs, _count -= 1
  *                                            PyThreadState_Clear
  *                                            PyThreadState_DeleteCurrent
@@ -28,6 +30,7 @@
 #include <structmember.h>
 
 #include <math.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
@@ -55,12 +58,16 @@ struct xthread_registry;
  * thread ends) and the record itself, borrowed, in a record's own entry.
  * `start_shield` is the shield depth of a started thread whose record is
  * not made yet; the record starts from it. Links are guarded by the
- * registry's mutex; the other fields are read and written with the GIL
- * held, except `ident`, set by the thread itself before it is linked. */
+ * registry's mutex; `native_id` is written once, by the thread itself and
+ * without the GIL (0 until then); the other fields are read and written
+ * with the GIL held, except `ident` and `pid`, set as the entry is
+ * linked. */
 typedef struct reg_entry {
     struct reg_entry *prev, *next;      /* registry links */
     struct xthread_registry *registry;  /* NULL when not linked */
     unsigned long ident;
+    atomic_ulong native_id;
+    pid_t pid;                          /* the process it was linked in */
     unsigned long long generation;
     struct recordobject *record;
     int start_shield;
@@ -69,8 +76,11 @@ typedef struct reg_entry {
 /* The entries of the threads that xthread knows, by ident: a hash table
  * of doubly linked chains, so that finding a thread and removing one cost
  * the same with thousands alive as with one. Guarded by its own OS mutex,
- * because a thread that _xthread starts enters it before it has the GIL.
- * The table doubles when it holds twice as many entries as chains. */
+ * because a thread that cannot run (thread_abandon) leaves it without the
+ * GIL. Every other use holds the GIL as well, so that none is under way
+ * when a thread calls fork(), which holds the GIL: a child process never
+ * inherits the mutex held. The table doubles when it holds twice as many
+ * entries as chains. */
 typedef struct xthread_registry {
     PyThread_type_lock mutex;
     reg_entry **chains;
@@ -89,8 +99,9 @@ typedef struct {
     PyObject *str_exited;       /* "_scope_exited" */
     xthread_registry registry;
     /* Threads started by this module that have not finished their Python
-     * part. Only touched with the GIL held, as are the counters below. */
-    Py_ssize_t count;
+     * part. Atomic: a thread that cannot run takes itself off without the
+     * GIL. The counters below are only touched with the GIL held. */
+    atomic_long count;
     pid_t pid;                  /* the process `count` is about */
     unsigned long long next_generation;
     unsigned long long next_token;      /* deliveries and scopes */
@@ -252,6 +263,7 @@ registry_grow(xthread_registry *reg)
 static void
 registry_link(xthread_registry *reg, reg_entry *e)
 {
+    e->pid = getpid();
     PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
     if (reg->count >= 2 * reg->nchains) {
         registry_grow(reg);
@@ -286,8 +298,9 @@ registry_unlink(reg_entry *e)
 }
 
 /* The entry of the live thread with this ident, or NULL (borrowed; valid
- * while the GIL is held, since entries leave the table only with it). The
- * newest wins if a dead thread's entry lingers. */
+ * while the GIL is held, since entries leave the table only with it, or,
+ * in thread_abandon, without it but with their memory kept). The newest
+ * wins if a dead thread's entry lingers. */
 static reg_entry *
 registry_find(xthread_registry *reg, unsigned long ident)
 {
@@ -310,6 +323,8 @@ entry_init(reg_entry *e, unsigned long long generation)
     e->prev = e->next = NULL;
     e->registry = NULL;
     e->ident = 0;
+    atomic_init(&e->native_id, 0);
+    e->pid = 0;
     e->generation = generation;
     e->record = NULL;
     e->start_shield = 0;
@@ -560,6 +575,7 @@ record_install(xthread_state *state, recordobject *rec)
     Py_INCREF(rec);
     rec->ident = PyThread_get_thread_ident();
     rec->own.ident = rec->ident;
+    atomic_store(&rec->own.native_id, PyThread_get_thread_native_id());
     rec->own.record = rec;
     registry_link(&state->registry, &rec->own);
     int rc = PyDict_SetItem(tdict, state->record_key, capsule);
@@ -639,6 +655,25 @@ raise_outstanding(recordobject *rec)
     Py_DECREF(exc);
     record_send_next(rec);
     return NULL;
+}
+
+
+/* Leaves one level of the calling thread's shields; at the outermost,
+ * raises what was held back (returns -1 with it set). GIL held. */
+static int
+record_shield_exit(recordobject *rec)
+{
+    if (--rec->shield_depth == 0 && rec->deferred != NULL) {
+        PyObject *exc = rec->deferred;
+        rec->deferred = NULL;
+        rec->landed_at_us = monotonic_us();
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+        record_send_next(rec);
+        return -1;
+    }
+    record_send_next(rec);
+    return 0;
 }
 
 
@@ -1258,31 +1293,29 @@ static PyType_Spec lock_type_spec = {
 
 // Bootstate and the C bootstrap
 
-/* Filled in by the child before the parent's start call returns; lives on
- * the parent's stack. */
-typedef struct {
-    PyThread_type_lock done;
-    unsigned long native_id;
-    enum { HS_OK, HS_NO_TSTATE, HS_FINALIZING } status;
-} handshake;
-
 /* Everything a new thread needs. Allocated with PyMem_RawMalloc because the
  * child frees it after its thread state is gone, without the GIL.
  *
- * Ownership: the parent fills it and holds it until the handshake; if the
- * child could not make a thread state, the parent frees it. Otherwise the
- * child owns it from the handshake on. */
+ * Ownership: the parent fills it and holds it until the OS thread exists
+ * and `ready` is released; if the OS thread could not be made, the parent
+ * frees it. Otherwise the child owns it from `ready` on, and the parent
+ * never touches it again. */
 typedef struct {
     PyInterpreterState *interp;
+    xthread_state *state;   /* of `module` */
     PyObject *module;       /* strong: keeps the module state alive */
     PyObject *func;         /* strong */
     PyObject *args;         /* strong */
     PyObject *kwargs;       /* strong or NULL */
-    handshake *hs;          /* NULL once the handshake is done */
+    /* Held by the parent until it has linked `entry`; the child waits for
+     * it (rarely: the parent links it as soon as the OS thread exists)
+     * before it runs anything that reads its entry, and frees it. */
+    PyThread_type_lock ready;
     /* The thread's registry entry: its generation is given by the parent
      * (so that it is known when start returns), the entry is linked by the
-     * thread before the handshake and unlinked once its function has
-     * returned; the record in it is made on first use. */
+     * parent as soon as the ident is known, so that an exception can be
+     * sent before the thread has run, and unlinked by the thread once its
+     * function has returned; the record in it is made on first use. */
     reg_entry entry;
     /* Locks released after the thread state is deleted. Touched only by
      * the thread itself (and the parent before start); each holds a
@@ -1310,13 +1343,13 @@ current_boot_entry(xthread_state *state)
 /* The thread count, reset after fork() (only the forking thread exists in
  * the child). Checked on use rather than by an os.register_at_fork hook,
  * which would keep the module alive for ever. */
-static Py_ssize_t *
+static atomic_long *
 xthread_count_ref(xthread_state *state)
 {
     pid_t pid = getpid();
     if (state->pid != pid) {
         state->pid = pid;
-        state->count = current_boot != NULL ? 1 : 0;
+        atomic_store(&state->count, current_boot != NULL ? 1 : 0);
     }
     return &state->count;
 }
@@ -1345,7 +1378,7 @@ bootstate_add_sentinel(bootstate *boot, lock_core *core)
 /* Runs after the thread state is deleted, or when it was never made: no
  * GIL, no Python API, only PyThread_* and PyMem_Raw*. */
 static void
-bootstate_release_sentinels_and_free(bootstate *boot)
+bootstate_release_sentinels(bootstate *boot)
 {
     for (Py_ssize_t i = 0; i < boot->nsentinels; i++) {
         lock_core *core = boot->sentinels[i];
@@ -1357,10 +1390,12 @@ bootstate_release_sentinels_and_free(bootstate *boot)
         lock_core_decref(boot->sentinels[i]);
     }
     PyMem_RawFree(boot->sentinels);
-    PyMem_RawFree(boot);
+    boot->sentinels = NULL;
+    boot->nsentinels = boot->sentinels_cap = 0;
 }
 
-/* Called with the GIL held, by the parent when the thread never ran. */
+/* Called with the GIL held, by the parent when the OS thread was not
+ * made. */
 static void
 bootstate_discard(bootstate *boot)
 {
@@ -1369,7 +1404,46 @@ bootstate_discard(bootstate *boot)
     Py_XDECREF(boot->kwargs);
     Py_XDECREF(boot->entry.record);
     Py_DECREF(boot->module);
-    bootstate_release_sentinels_and_free(boot);
+    if (boot->ready != NULL) {
+        PyThread_free_lock(boot->ready);
+    }
+    bootstate_release_sentinels(boot);
+    PyMem_RawFree(boot);
+}
+
+/* The thread cannot run its function: finalization has begun (`why` is
+ * NULL), or no thread state could be made. No GIL and no thread state, so
+ * no Py_DECREF: the bootstate and its references are leaked on purpose,
+ * as CPython's own bootstrap does at finalization (gh-108987). The entry
+ * leaves the registry, though its memory stays: a thread holding the GIL
+ * may have found it a moment ago. Its sentinels are released, so that
+ * joins return. */
+static void
+thread_abandon(bootstate *boot, const char *why)
+{
+    registry_unlink(&boot->entry);
+    atomic_fetch_sub(&boot->state->count, 1);
+    bootstate_release_sentinels(boot);
+    if (why != NULL) {
+        /* Nothing else can report it: there is no thread state to raise
+         * with, and start() returned long ago. */
+        fprintf(stderr, "_xthread: a new thread did not run: %s\n", why);
+    }
+}
+
+/* Lifts the shield that every thread starts in until it runs (its
+ * entry's start_shield is 1 more than the caller asked for). What was
+ * sent to the thread before it could take it (the start call returns
+ * before the thread runs) was held back, and is raised now, in place of
+ * its function: returns -1 with it set, else 0. GIL held, in the thread. */
+static int
+thread_lift_start_shield(bootstate *boot)
+{
+    if (boot->entry.record == NULL) {
+        boot->entry.start_shield--;     /* nothing was sent */
+        return 0;
+    }
+    return record_shield_exit(boot->entry.record);
 }
 
 /* The OS thread's entry point. Starts without the GIL and without a thread
@@ -1384,35 +1458,36 @@ static void
 thread_run(void *arg)
 {
     bootstate *boot = (bootstate *)arg;
-    handshake *hs = boot->hs;
 
-    hs->native_id = PyThread_get_thread_native_id();
+    /* First, so that _native_id() never waits on anything but this. */
+    atomic_store(&boot->entry.native_id, PyThread_get_thread_native_id());
+    /* The parent links the entry once the OS thread exists; until then
+     * nothing here may read it (current_boot_entry() tells a linked one).
+     * From here on the parent never touches the bootstate. */
+    PyThread_acquire_lock(boot->ready, WAIT_LOCK);
+    PyThread_free_lock(boot->ready);
+    boot->ready = NULL;
+
     if (Py_IsFinalizing()) {
-        hs->status = HS_FINALIZING;
-        PyThread_release_lock(hs->done);
-        return;         /* the parent frees the bootstate */
+        thread_abandon(boot, NULL);
+        return;
     }
     /* Made here, in the thread it serves: a thread state records the OS
      * thread that creates it, and PyThreadState_SetAsyncExc finds threads
      * by that record. No GIL is needed to make one. */
     PyThreadState *tstate = PyThreadState_New(boot->interp);
     if (tstate == NULL) {
-        hs->status = HS_NO_TSTATE;
-        PyThread_release_lock(hs->done);
-        return;         /* the parent frees the bootstate */
+        thread_abandon(boot, "no memory for its thread state");
+        return;
     }
-    /* Findable by ident before the parent's start call returns, so an
-     * exception can be sent at once. */
-    boot->entry.ident = PyThread_get_thread_ident();
-    registry_link(&get_xthread_state(boot->module)->registry, &boot->entry);
-    boot->hs = NULL;
-    hs->status = HS_OK;
-    PyThread_release_lock(hs->done);   /* hs is gone from here on */
 
     current_boot = boot;
     PyEval_AcquireThread(tstate);
 
-    PyObject *res = PyObject_Call(boot->func, boot->args, boot->kwargs);
+    PyObject *res = NULL;
+    if (thread_lift_start_shield(boot) == 0) {
+        res = PyObject_Call(boot->func, boot->args, boot->kwargs);
+    }
     if (res == NULL) {
         XTHREAD_REPORT_OWN_CLASS();
         if (PyErr_ExceptionMatches(PyExc_SystemExit)) {
@@ -1428,7 +1503,7 @@ thread_run(void *arg)
     Py_CLEAR(boot->func);
     Py_CLEAR(boot->args);
     Py_CLEAR(boot->kwargs);
-    (*xthread_count_ref(get_xthread_state(boot->module)))--;
+    atomic_fetch_sub(xthread_count_ref(boot->state), 1);
     /* Ended: no longer findable, and no longer the owner of its record
      * (which lives on while a caller of _find_record holds it). */
     if (boot->entry.record != NULL) {
@@ -1443,79 +1518,69 @@ thread_run(void *arg)
     current_boot = NULL;
 
     /* The thread state is gone: joiners may wake now. */
-    bootstate_release_sentinels_and_free(boot);
+    bootstate_release_sentinels(boot);
+    PyMem_RawFree(boot);
 }
 
-/* Starts a thread running func(*args, **kwargs) and waits until it has a
- * thread state. On success returns 0 with *ident and *native_id set; the
- * thread owns `boot`. On failure returns -1 with an exception set; `boot`
- * has been discarded. Called with the GIL held. */
-static int
-start_thread(PyObject *module, bootstate *boot,
-             unsigned long *ident, unsigned long *native_id)
+/* Run by the parent once the OS thread exists, with the GIL held: makes
+ * the thread findable by its ident, then lets it run. The bootstate is
+ * the child's from here on. With the GIL, so that no registry operation
+ * is under way when another thread calls fork() (which holds the GIL):
+ * the child process then never inherits the registry's mutex held. */
+static void
+start_publish(bootstate *boot, unsigned long ident)
 {
-    xthread_state *state = get_xthread_state(module);
-    handshake hs = {.done = NULL, .native_id = 0, .status = HS_OK};
+    boot->entry.ident = ident;
+    registry_link(&boot->state->registry, &boot->entry);
+    PyThread_release_lock(boot->ready);
+}
 
+/* Starts a thread running func(*args, **kwargs), and returns without
+ * waiting for it to run: the thread makes its own thread state, and it is
+ * the thread, not the caller, that waits if it gets there first (for
+ * `ready`). On success returns 0 with *ident set; the thread owns `boot`.
+ * On failure returns -1 with an exception set; `boot` has been discarded.
+ * Called with the GIL held.
+ *
+ * PyThread_start_new_thread reads the stack size set by stack_size() from
+ * the current thread state, and uses the platform default when there is
+ * none. So with a size set, the thread is made with the thread state
+ * attached; with none (the usual case) the GIL is dropped first: making an
+ * OS thread takes tens of microseconds in the kernel, during which threads
+ * started just before run their Python instead of waiting for this one. */
+static int
+start_thread(bootstate *boot, unsigned long *ident)
+{
     if (Py_IsFinalizing()) {
         PyErr_SetString(PyExc_RuntimeError,
                         "can't create new thread at interpreter shutdown");
         goto error;
     }
-    hs.done = PyThread_allocate_lock();
-    if (hs.done == NULL) {
+    boot->ready = PyThread_allocate_lock();
+    if (boot->ready == NULL) {
         PyErr_NoMemory();
         goto error;
     }
-    PyThread_acquire_lock(hs.done, WAIT_LOCK);
-    boot->hs = &hs;
+    PyThread_acquire_lock(boot->ready, WAIT_LOCK);
 
-    (*xthread_count_ref(state))++;
-    /* PyThread_start_new_thread reads the stack size set by stack_size()
-     * from the current thread state, and uses the platform default when
-     * there is none. So with a size set, the thread is made with the
-     * thread state attached; with none (the usual case) the GIL is
-     * dropped first: making an OS thread takes tens of microseconds in the
-     * kernel, during which threads started just before run their Python
-     * instead of waiting for this one. */
+    atomic_long *count = xthread_count_ref(boot->state);
+    atomic_fetch_add(count, 1);
     unsigned long id;
     if (PyThread_get_stacksize() != 0) {
         id = PyThread_start_new_thread(thread_run, boot);
-        if (id != PYTHREAD_INVALID_THREAD_ID) {
-            Py_BEGIN_ALLOW_THREADS
-            PyThread_acquire_lock(hs.done, WAIT_LOCK);
-            Py_END_ALLOW_THREADS
-        }
     }
     else {
         Py_BEGIN_ALLOW_THREADS
         id = PyThread_start_new_thread(thread_run, boot);
-        if (id != PYTHREAD_INVALID_THREAD_ID) {
-            PyThread_acquire_lock(hs.done, WAIT_LOCK);
-        }
         Py_END_ALLOW_THREADS
     }
-    PyThread_free_lock(hs.done);
-
     if (id == PYTHREAD_INVALID_THREAD_ID) {
-        (*xthread_count_ref(state))--;
+        atomic_fetch_sub(count, 1);
         PyErr_SetString(PyExc_RuntimeError, "can't start new thread");
         goto error;
     }
-    if (hs.status != HS_OK) {
-        (*xthread_count_ref(state))--;
-        if (hs.status == HS_FINALIZING) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "can't create new thread at interpreter shutdown");
-        }
-        else {
-            PyErr_SetString(PyExc_MemoryError,
-                            "can't allocate a thread state for the new thread");
-        }
-        goto error;
-    }
+    start_publish(boot, id);
     *ident = id;
-    *native_id = hs.native_id;
     return 0;
 
 error:
@@ -1555,12 +1620,15 @@ bootstate_new(PyObject *module, PyObject *fargs)
         return NULL;
     }
     boot->interp = PyThreadState_GetInterpreter(PyThreadState_Get());
+    boot->state = get_xthread_state(module);
     boot->module = Py_NewRef(module);
     boot->func = Py_NewRef(func);
     boot->args = Py_NewRef(args);
     boot->kwargs = Py_XNewRef(kwargs);
-    boot->hs = NULL;
+    boot->ready = NULL;
     entry_init(&boot->entry, ++get_xthread_state(module)->next_generation);
+    /* Every thread starts shielded until it runs (see thread_run). */
+    boot->entry.start_shield = 1;
     boot->sentinels = NULL;
     boot->nsentinels = 0;
     boot->sentinels_cap = 0;
@@ -1574,8 +1642,8 @@ xthread_start_new_thread(PyObject *module, PyObject *fargs)
     if (boot == NULL) {
         return NULL;
     }
-    unsigned long ident, native_id;
-    if (start_thread(module, boot, &ident, &native_id) < 0) {
+    unsigned long ident;
+    if (start_thread(boot, &ident) < 0) {
         return NULL;
     }
     return PyLong_FromUnsignedLong(ident);
@@ -1646,17 +1714,17 @@ xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
     }
     /* Shielded from its first bytecode: what is sent before the thread's
      * own code is ready (a Python bootstrap registering itself) waits
-     * until that code leaves the shield. */
-    boot->entry.start_shield = shielded ? 1 : 0;
+     * until that code leaves the shield. (On top of the shield every
+     * thread starts in until it runs: see thread_run.) */
+    boot->entry.start_shield += shielded ? 1 : 0;
     unsigned long long generation = boot->entry.generation;
-    unsigned long ident, native_id;
-    if (start_thread(module, boot, &ident, &native_id) < 0) {
+    unsigned long ident;
+    if (start_thread(boot, &ident) < 0) {
         /* The discarded bootstate released the sentinel: join on a
          * thread that never ran must not hang. */
         goto error;
     }
-    return Py_BuildValue("kkNK", ident, native_id, (PyObject *)sentinel,
-                         generation);
+    return Py_BuildValue("kNK", ident, (PyObject *)sentinel, generation);
 
 error:
     Py_XDECREF(call_args);
@@ -1667,15 +1735,15 @@ error:
 PyDoc_STRVAR(start_joinable_thread_doc,
 "_start_joinable_thread($module, function, args, kwargs=None,\n"
 "                       sentinel=None, shielded=False, /)\n--\n\n"
-"Like start_new_thread(), but return (ident, native_id, sentinel,\n"
-"generation): the generation tells this thread from a later one that\n"
-"reuses its ident; the sentinel (a new one, or the held lock given) is a\n"
-"held lock that the thread releases after its thread state\n"
-"is deleted, so acquiring it waits for the thread's end. The call returns\n"
-"once the thread exists with its thread state, so that exceptions can\n"
-"be sent to it at once. With shielded, the thread starts inside a\n"
-"shield (see _shield_exit): exceptions sent through _deliver wait until\n"
-"it leaves it.");
+"Like start_new_thread(), but return (ident, sentinel, generation): the\n"
+"generation tells this thread from a later one that reuses its ident; the\n"
+"sentinel (a new one, or the held lock given) is a held lock that the\n"
+"thread releases after its thread state is deleted, so acquiring it\n"
+"waits for the thread's end. The call returns once the OS thread exists,\n"
+"without waiting for it to run; the thread is findable by _deliver and\n"
+"_native_id at once. With shielded, the thread starts inside a shield\n"
+"(see _shield_exit): exceptions sent through _deliver wait until it\n"
+"leaves it, and reach it even before it has run.");
 
 
 // Sentinel
@@ -2878,6 +2946,55 @@ xthread_find_record(PyObject *module, PyObject *ident_obj)
     return Py_XNewRef((PyObject *)entry_record(state, entry));
 }
 
+/* The OS id of a thread that xthread knows, by ident (and generation, if
+ * not 0), or None once it has ended. A thread that _xthread started may
+ * not have run its first instruction yet when the start call returns:
+ * wait for it then, with the GIL dropped (it writes its native id before
+ * it does anything else, without the GIL). The entry is looked up again
+ * after every wait, since the thread may end meanwhile. */
+static PyObject *
+xthread_native_id(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ident", "generation", NULL};
+    PyObject *ident_obj;
+    unsigned long long generation = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|K:_native_id", kwlist,
+                                     &ident_obj, &generation)) {
+        return NULL;
+    }
+    unsigned long ident;
+    if (parse_ident(ident_obj, &ident) < 0) {
+        return NULL;
+    }
+    xthread_state *state = get_xthread_state(module);
+    for (;;) {
+        reg_entry *entry = registry_find(&state->registry, ident);
+        if (entry == NULL
+            || (generation != 0 && entry->generation != generation)) {
+            Py_RETURN_NONE;
+        }
+        unsigned long native_id = atomic_load(&entry->native_id);
+        if (native_id != 0) {
+            return PyLong_FromUnsignedLong(native_id);
+        }
+        if (entry->pid != getpid()) {
+            /* Linked before a fork(): in this child, its thread is gone
+             * and will never write it. */
+            Py_RETURN_NONE;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        sched_yield();
+        Py_END_ALLOW_THREADS
+    }
+}
+
+PyDoc_STRVAR(native_id_doc,
+"_native_id($module, /, ident, generation=0)\n--\n\n"
+"The operating system's id of the thread with this ident (and of this\n"
+"generation, if not 0) that xthread knows (started by _xthread, or with\n"
+"a record), or None if there is none. A thread just started may not have\n"
+"run yet: the call then waits for its first instruction.");
+
 /* Opens a scope in the calling thread, owned by `owner` (may be NULL);
  * returns its token, or 0 with an exception set. */
 static unsigned long long
@@ -2994,16 +3111,9 @@ xthread_shield_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_RuntimeError, "shield exited more than entered");
         return NULL;
     }
-    if (--rec->shield_depth == 0 && rec->deferred != NULL) {
-        PyObject *exc = rec->deferred;
-        rec->deferred = NULL;
-        rec->landed_at_us = monotonic_us();
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        Py_DECREF(exc);
-        record_send_next(rec);
+    if (record_shield_exit(rec) < 0) {
         return NULL;
     }
-    record_send_next(rec);
     Py_RETURN_NONE;
 }
 
@@ -3338,7 +3448,8 @@ PyDoc_STRVAR(get_native_id_doc,
 static PyObject *
 xthread_count(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromSsize_t(*xthread_count_ref(get_xthread_state(module)));
+    xthread_state *state = get_xthread_state(module);
+    return PyLong_FromLong(atomic_load(xthread_count_ref(state)));
 }
 
 PyDoc_STRVAR(count_doc,
@@ -3429,6 +3540,8 @@ static PyMethodDef xthread_methods[] = {
     {"_shield_exit", xthread_shield_exit, METH_NOARGS,
      "_shield_exit($module, /)\n--\n\n"
      "Leave a shield; at the outermost, raise what was held back."},
+    {"_native_id", (PyCFunction)(void (*)(void))xthread_native_id,
+     METH_VARARGS | METH_KEYWORDS, native_id_doc},
     {"_call_unshielded", xthread_call_unshielded, METH_O,
      "_call_unshielded($module, func, /)\n--\n\n"
      "Call func() with the thread's one shield lifted; put it back after."},
@@ -3449,7 +3562,7 @@ static int
 xthread_exec(PyObject *module)
 {
     xthread_state *state = get_xthread_state(module);
-    state->count = 0;
+    atomic_init(&state->count, 0);
     state->pid = getpid();
     state->next_generation = 0;
     state->next_token = 0;
