@@ -51,25 +51,25 @@ _ExceptHookArgs = _threading.ExceptHookArgs
 # Sentinels of started non-daemon threads, acquired at interpreter exit.
 # Finished ones are pruned when the set has doubled since the last prune,
 # so that a long-running process that never joins its threads does not
-# grow it without bound.
+# grow it without bound. No lock: every use is made of single set
+# operations (add, discard, copy, difference_update), each of which runs
+# no Python code (a lock hashes and compares by identity) and so is
+# atomic under the GIL; it is only ever iterated as a copy.
 _shutdown_sentinels = set()
 _shutdown_prune_at = 64
-_shutdown_lock = _xthread.allocate_lock()
 
 
 def _track_for_shutdown(sentinel):
     global _shutdown_prune_at
-    with _shutdown_lock:
-        _shutdown_sentinels.add(sentinel)
-        if len(_shutdown_sentinels) >= _shutdown_prune_at:
-            done = [s for s in _shutdown_sentinels if not s.locked()]
-            _shutdown_sentinels.difference_update(done)
-            _shutdown_prune_at = 2 * len(_shutdown_sentinels) + 64
+    _shutdown_sentinels.add(sentinel)
+    if len(_shutdown_sentinels) >= _shutdown_prune_at:
+        _shutdown_sentinels.difference_update(
+            [s for s in _shutdown_sentinels.copy() if not s.locked()])
+        _shutdown_prune_at = 2 * len(_shutdown_sentinels) + 64
 
 
 def _untrack_for_shutdown(sentinel):
-    with _shutdown_lock:
-        _shutdown_sentinels.discard(sentinel)
+    _shutdown_sentinels.discard(sentinel)
 
 
 def _release_from_exit_wait(thread):
@@ -83,9 +83,11 @@ def _release_from_exit_wait(thread):
 def _join_non_daemon_threads():
     """Run by ``threading._shutdown`` before it joins stdlib's threads."""
     while True:
-        with _shutdown_lock:
-            pending = [s for s in _shutdown_sentinels if s.locked()]
-            _shutdown_sentinels.clear()
+        # A thread started meanwhile (by a thread being waited for) is
+        # left in the set for the next round.
+        pending = _shutdown_sentinels.copy()
+        _shutdown_sentinels.difference_update(pending)
+        pending = [s for s in pending if s.locked()]
         if not pending:
             return
         for sentinel in pending:
@@ -104,9 +106,7 @@ _started_threads = _weakref.WeakSet()
 def _after_fork_in_child():
     # The threads whose sentinels are listed do not exist in the child;
     # the forking thread is the child's main thread, which exit does not
-    # wait for. The lock may have been held by a vanished thread.
-    global _shutdown_lock
-    _shutdown_lock = _xthread.allocate_lock()
+    # wait for.
     _shutdown_sentinels.clear()
     # Runs after threading's handler (registered first, at its import),
     # which has left only the forking thread in _active. Any other thread
