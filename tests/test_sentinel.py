@@ -137,6 +137,53 @@ def test_sentinel_outlives_thread():
     assert repr(s).startswith("<unlocked _xthread.lock")
 
 
+def test_join_waits_past_its_first_spin():
+    """A join spins briefly before it parks; a thread that ends later
+    than that is still joined, by a timed and an untimed wait, and a
+    timed wait of a live thread gives up."""
+    t = Parked().wait_ready()
+    s = t.sentinels[0]
+    # Shorter than the spin, longer, none.
+    assert not s.acquire(timeout=0.00005)
+    assert not s.acquire(timeout=0.001)
+    assert not s.acquire(timeout=0)
+    joined = []
+    joiners = [threading.Thread(target=lambda: joined.append(
+                   s.acquire(timeout=JOIN_TIMEOUT) and (s.release() or 1))),
+               threading.Thread(target=lambda: joined.append(
+                   s.acquire() and (s.release() or 2)))]
+    for j in joiners:
+        j.start()
+    # Spinning still or parked by now, both get it when the thread ends.
+    t.go.set()
+    for j in joiners:
+        j.join(JOIN_TIMEOUT)
+        assert not j.is_alive()
+    assert sorted(joined) == [1, 2]
+
+
+def test_sentinel_taken_again_is_an_ordinary_lock():
+    """Once its thread has ended, a sentinel held by someone else makes
+    others wait (and time out) as any lock does."""
+    t = Parked().wait_ready()
+    s = t.sentinels[0]
+    t.finish()
+    assert s.acquire(timeout=JOIN_TIMEOUT)
+    outcome = []
+    other = threading.Thread(
+        target=lambda: outcome.append(s.acquire(timeout=0.01)))
+    other.start()
+    other.join(JOIN_TIMEOUT)
+    assert outcome == [False]
+    waiter = threading.Thread(
+        target=lambda: outcome.append(s.acquire(timeout=JOIN_TIMEOUT)))
+    waiter.start()
+    s.release()
+    waiter.join(JOIN_TIMEOUT)
+    assert outcome == [False, True]
+    s.release()
+
+
 @pytest.mark.parametrize("ending", ["return", "raise", "exit"])
 def test_released_however_the_thread_ends(ending):
     box = []

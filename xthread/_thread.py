@@ -12,7 +12,8 @@ sentinel lock released once the thread state is gone), with no Python
   the parent has made it findable by its ident). ``native_id`` is the one
   thing known only once the thread has run; read before that, it waits.
 * ``join`` acquires the sentinel, which the C bootstrap releases after
-  ``PyThreadState_DeleteCurrent``.
+  ``PyThreadState_DeleteCurrent`` (spinning a little first, in C: see
+  ``JOIN_SPIN_US``).
 
 Attribute names are prefixed ``_xthread_`` so that they never collide with
 the private names of ``threading.Thread`` on any version (3.13 added

@@ -735,7 +735,11 @@ time_left(long long deadline_us)
  * caller resumes.
  *
  * Owners: the lock object (one reference) and each thread that will
- * release the lock at its exit (one reference each). */
+ * release the lock at its exit (one reference each).
+ *
+ * `ends_with_thread` is set while the lock is the sentinel of a running
+ * thread, which releases it as the last thing it does: a joiner then
+ * spins a little before it parks (see lock_core_spin). */
 typedef struct waiter {
     struct waiter *next;
     recordobject *rec;      /* borrowed: the waiting thread is alive */
@@ -745,6 +749,7 @@ typedef struct waiter {
 typedef struct {
     PyThread_type_lock mutex;
     atomic_int locked;
+    atomic_int ends_with_thread;
     waiter *head;
     waiter *tail;
     atomic_long refs;
@@ -763,6 +768,7 @@ lock_core_new(void)
         return NULL;
     }
     atomic_init(&core->locked, 0);
+    atomic_init(&core->ends_with_thread, 0);
     core->head = core->tail = NULL;
     atomic_init(&core->refs, 1);
     return core;
@@ -898,9 +904,41 @@ park_on_core(lock_core *core, waiter *w, long long timeout_us)
     return r;
 }
 
+/* How long a joiner spins on the sentinel of a running thread before it
+ * parks. A thread that is about to end (a short task, a thread joined
+ * just as it finishes) releases its sentinel within microseconds, and
+ * waking a parked thread costs tens of microseconds more than that on a
+ * loaded or virtual machine (the parked CPU has to be woken first). A
+ * joiner of a longer-running thread pays this much CPU once, giving way
+ * to any other runnable thread between polls. */
+#define JOIN_SPIN_US 100
+
+/* Spins, with the GIL dropped, until the lock is taken or `max_us` has
+ * passed (no longer than `timeout_us` when that is not -1). Returns 1 if
+ * it took the lock. GIL held on entry and exit. */
+static int
+lock_core_spin(lock_core *core, long long max_us, long long timeout_us)
+{
+    if (timeout_us >= 0 && timeout_us < max_us) {
+        max_us = timeout_us;
+    }
+    int taken = 0;
+    Py_BEGIN_ALLOW_THREADS
+    long long until = monotonic_us() + max_us;
+    do {
+        sched_yield();
+        taken = lock_core_try(core);
+    } while (!taken && atomic_load(&core->ends_with_thread)
+             && monotonic_us() < until);
+    Py_END_ALLOW_THREADS
+    return taken;
+}
+
 /* Waits for the lock for up to `timeout_us` (-1: no limit, 0: no wait).
- * GIL held; dropped only while parked. Killable: returns WAIT_INTERRUPTED
- * as soon as an exception is sent to the thread through xthread. */
+ * GIL held; dropped only while spinning or parked. Killable: returns
+ * WAIT_INTERRUPTED as soon as an exception is sent to the thread through
+ * xthread (one sent during the short spin on a sentinel is seen as the
+ * spin ends). */
 static wait_status
 lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
 {
@@ -909,6 +947,10 @@ lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
     }
     if (timeout_us == 0) {
         return WAIT_TIMEOUT;
+    }
+    if (atomic_load(&core->ends_with_thread)
+        && lock_core_spin(core, JOIN_SPIN_US, timeout_us)) {
+        return WAIT_DONE;
     }
     recordobject *rec = current_record(state);
     if (rec == NULL) {
@@ -1371,6 +1413,7 @@ bootstate_add_sentinel(bootstate *boot, lock_core *core)
         boot->sentinels_cap = cap;
     }
     lock_core_incref(core);
+    atomic_store(&core->ends_with_thread, 1);
     boot->sentinels[boot->nsentinels++] = core;
     return 0;
 }
@@ -1387,7 +1430,9 @@ bootstate_release_sentinels(bootstate *boot)
             lock_core_pass_on(core);
         }
         PyThread_release_lock(core->mutex);
-        lock_core_decref(boot->sentinels[i]);
+        /* After the release, so that a spinning joiner sees it. */
+        atomic_store(&core->ends_with_thread, 0);
+        lock_core_decref(core);
     }
     PyMem_RawFree(boot->sentinels);
     boot->sentinels = NULL;
