@@ -259,6 +259,27 @@ def test_function_and_arguments_are_released(start):
 
 
 # A stack no 64-bit address space can hold: pthread_create refuses it.
+@pytest.mark.skipif(sys.maxsize < 2**61, reason="needs a 64-bit build")
+@pytest.mark.parametrize("failure", ["bad arguments", "OS refusal"])
+def test_failed_start_releases_the_sentinel_given(failure,
+                                                 restore_stack_size):
+    """A held sentinel given to a start that fails is released, waking
+    whoever waits on it already: no join waits for a thread that never
+    ran."""
+    sentinel = _xthread.allocate_lock()
+    sentinel.acquire()
+    woke = []
+    waiter = threading.Thread(
+        target=lambda: woke.append(sentinel.acquire(timeout=JOIN_TIMEOUT)))
+    waiter.start()
+    args = ("not a tuple" if failure == "bad arguments" else ())
+    with stack_size(2**61 if failure == "OS refusal" else 0):
+        with pytest.raises((TypeError, RuntimeError)):
+            _xthread._start_joinable_thread(print, args, None, sentinel)
+    waiter.join(JOIN_TIMEOUT)
+    assert woke == [True]
+
+
 # (Not probed with _thread: a failed _thread start leaves a stale thread
 # state behind on 3.9-3.13, which would then take exceptions sent with
 # set_async_exc to the main thread's ident, or to ident 0 on 3.12+.)
@@ -630,14 +651,27 @@ def test_fork_resets_count(where):
 
         warnings.simplefilter("ignore", DeprecationWarning)   # fork + threads
         go = threading.Event()
-        parked = [_xthread._start_joinable_thread(go.wait, (60,))
-                  for _ in range(3)]
+        running = threading.Semaphore(0)
+
+        def park():
+            running.release()
+            go.wait(60)
+
+        parked = [_xthread._start_joinable_thread(park, ()) for _ in range(3)]
+        # Forked once they run: a thread still being made is inside the C
+        # library's allocator, which not every allocator (AddressSanitizer's,
+        # among others) makes safe to fork around.
+        for _ in parked:
+            assert running.acquire(timeout=30)
 
         def fork_and_report():
             r, w = os.pipe()
             pid = os.fork()
             if pid == 0:
                 try:
+                    # Threads of the parent process are unknown here.
+                    assert [_xthread._native_id(ident, generation)
+                            for ident, _, generation in parked] == [None] * 3
                     report = [_xthread._count()]
                     hold = _xthread.allocate_lock()
                     hold.acquire()

@@ -163,7 +163,7 @@ def test_time_limit_in_a_script_main_thread():
 
 FORK = """
     import os, sys, threading, time, warnings
-    import xthread
+    import _xthread, xthread
 
     # 3.12+ warns that fork() in a multi-threaded process may deadlock.
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -182,6 +182,14 @@ FORK = """
 
     with xthread.time_limit(600):
         (parent_dog,) = watchdogs()
+        # Forked once the watchdog waits: a thread still being made is
+        # inside the C library's allocator, which not every allocator
+        # (AddressSanitizer's, among others) makes safe to fork around.
+        record = _xthread._find_record(parent_dog.ident)
+        deadline = time.monotonic() + 30
+        while not record.parked:
+            assert time.monotonic() < deadline, "the watchdog never waited"
+            xthread.sleep(0.001)
         pid = os.fork()
         if pid == 0:
             # The child: the parent's watchdog does not exist here; a new

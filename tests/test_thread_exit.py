@@ -421,6 +421,85 @@ def test_ctrl_c_interrupts_join_with_timeout():
     assert got[1] == INTERRUPTED_JOIN, got
 
 
+# A signal whose handler raises, sent to the main thread as it begins to
+# join a running thread (a few tens of microseconds in: xthread's join is
+# still spinning then, or parked): the join raises at once, every time,
+# while the thread still runs. (Only xthread's join is held to that:
+# stdlib's is not, on any version: a signal in the same window is now and
+# then handled only once the thread has ended.)
+SIGNAL_AS_JOIN_BEGINS = """
+class Interrupted(Exception):
+    pass
+
+def handler(signum, frame):
+    raise Interrupted
+
+signal.signal(signal.SIGALRM, handler)
+outcomes = []
+for delay in [20e-6, 50e-6, 80e-6, 150e-6, 500e-6] * 6:
+    go = threading.Event()
+    started = threading.Event()
+    finished = []
+
+    def work():
+        # The timer's signal goes to any thread that takes it: only the
+        # main thread does.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        started.set()
+        go.wait(2)      # bounds a join the signal failed to interrupt
+        finished.append(True)
+
+    t = Thread(target=work)
+    t.start()
+    assert started.wait(30)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, delay)
+        t.join()
+        outcomes.append("joined")
+    except Interrupted:
+        outcomes.append("late" if finished else "interrupted")
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    go.set()
+    t.join()
+print(sorted(set(outcomes)))
+"""
+
+
+def test_signal_as_join_begins_is_handled_at_once():
+    result = run_script(SIGNAL_AS_JOIN_BEGINS, "xthread.Thread")
+    assert_clean(result)
+    assert result[1] == "['interrupted']\n", result
+
+
+# A start that fails (the OS refuses the thread: a stack size no system
+# gives) leaves nothing behind: the thread is not alive, not started (join
+# says so), and exit does not wait for it. (Whether it can be started
+# again differs: 3.13's stdlib says "thread already started".)
+FAILED_START = """
+t = Thread(target=print, args=("ran",))
+threading.stack_size(2**61)
+try:
+    t.start()
+except RuntimeError as exc:
+    print("refused:", exc)
+threading.stack_size(0)
+print("alive:", t.is_alive())
+try:
+    t.join()
+except RuntimeError as exc:
+    print("join:", exc)
+"""
+
+
+@pytest.mark.skipif(sys.maxsize < 2**61, reason="needs a 64-bit build")
+def test_failed_start_leaves_nothing_behind(thread_cls):
+    result = run_script(FAILED_START, thread_cls)
+    assert_clean(result)
+    assert result[1] == ("refused: can't start new thread\nalive: False\n"
+                         "join: cannot join thread before it is started\n"
+                         ), result
+
+
 CTRL_C_AT_EXIT = """
 started = threading.Event()
 

@@ -693,18 +693,19 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
                                  self._initargs))
         worker.thread = t
         t.start()
-        # xthread's start() returns before the new thread runs; stdlib's
-        # waits for it, so a worker started for a task takes that task
-        # before submit() returns, and shutdown(cancel_futures=True) right
-        # after finds it running, not queued. Keep that: wait here, once
-        # per worker (a thread that never runs, at exit, ends instead).
-        while not worker.running.wait(1.0) and t.is_alive():
-            pass
         self._spawned += 1
         self._threads.add(t)
         self._workers[t] = worker
         self._every_worker.append(worker)
         _cft._threads_queues[t] = self._work_queue
+        # xthread's start() returns before the new thread runs; stdlib's
+        # waits for it, so a worker started for a task takes that task
+        # before submit() returns, and shutdown(cancel_futures=True) right
+        # after finds it running, not queued. Keep that: wait here, once
+        # per worker, the worker counted already (this wait is killable).
+        # A thread that never runs, at exit, ends instead.
+        while not worker.running.wait(1.0) and t.is_alive():
+            pass
 
     # Running tasks
 

@@ -209,20 +209,27 @@ class Thread(_threading.Thread):
         sentinel.acquire()
         self._xthread_sentinel = sentinel
         self._xthread_state = _STARTING
-        with _active_limbo_lock():
-            _limbo[self] = self
-        # All bookkeeping before the OS thread exists, none after: the new
-        # thread soon asks for the GIL, and should find it free.
-        _started_threads.add(self)
-        if not self._xthread_daemonic:
-            _track_for_shutdown(sentinel)
+        calling = False
         try:
+            with _active_limbo_lock():
+                _limbo[self] = self
+            # All bookkeeping before the OS thread exists, none after: the
+            # new thread soon asks for the GIL, and should find it free.
+            _started_threads.add(self)
+            if not self._xthread_daemonic:
+                _track_for_shutdown(sentinel)
             # Shielded until run(): an exception sent this early waits
             # until the thread is registered and inside the handlers
             # below, instead of escaping the bootstrap.
+            calling = True
             ident, _, generation = _start_joinable_thread(
                 self._bootstrap, (), None, sentinel, True)
         except BaseException:
+            # Whoever waits on the sentinel already (a join from another
+            # thread, the exit wait) must not wait for a thread that never
+            # ran: a failed call has released it, else release it here.
+            if not calling:
+                sentinel.release()
             self._xthread_state = _NEW
             self._xthread_sentinel = None
             _started_threads.discard(self)

@@ -913,18 +913,19 @@ park_on_core(lock_core *core, waiter *w, long long timeout_us)
  * to any other runnable thread between polls. */
 #define JOIN_SPIN_US 100
 
-/* Spins, with the GIL dropped, until the lock is taken or `max_us` has
- * passed (no longer than `timeout_us` when that is not -1). Returns 1 if
- * it took the lock. GIL held on entry and exit. */
+/* Spins, with the GIL dropped, until the lock is taken, its thread has
+ * released it to someone else, or `max_us` has passed (and never past
+ * `deadline_us`, if not 0). Returns 1 if it took the lock. GIL held on
+ * entry and exit. */
 static int
-lock_core_spin(lock_core *core, long long max_us, long long timeout_us)
+lock_core_spin(lock_core *core, long long max_us, long long deadline_us)
 {
-    if (timeout_us >= 0 && timeout_us < max_us) {
-        max_us = timeout_us;
-    }
     int taken = 0;
     Py_BEGIN_ALLOW_THREADS
     long long until = monotonic_us() + max_us;
+    if (deadline_us != 0 && deadline_us < until) {
+        until = deadline_us;
+    }
     do {
         sched_yield();
         taken = lock_core_try(core);
@@ -948,9 +949,16 @@ lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
     if (timeout_us == 0) {
         return WAIT_TIMEOUT;
     }
-    if (atomic_load(&core->ends_with_thread)
-        && lock_core_spin(core, JOIN_SPIN_US, timeout_us)) {
-        return WAIT_DONE;
+    long long deadline = timeout_us > 0 ? monotonic_us() + timeout_us : 0;
+    if (atomic_load(&core->ends_with_thread)) {
+        if (lock_core_spin(core, JOIN_SPIN_US, deadline)) {
+            return WAIT_DONE;
+        }
+        /* A signal that came during the spin interrupts no park: run its
+         * handler now (Ctrl-C during a join). */
+        if (PyErr_CheckSignals() < 0) {
+            return WAIT_ERROR;
+        }
     }
     recordobject *rec = current_record(state);
     if (rec == NULL) {
@@ -962,7 +970,6 @@ lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
     if (record_semaphore(&rec->park) < 0) {
         return WAIT_ERROR;
     }
-    long long deadline = timeout_us > 0 ? monotonic_us() + timeout_us : 0;
     waiter w = {.next = NULL, .rec = rec, .granted = 0};
     if (lock_core_enqueue(core, &w)) {
         return WAIT_DONE;
@@ -1353,6 +1360,12 @@ typedef struct {
      * it (rarely: the parent links it as soon as the OS thread exists)
      * before it runs anything that reads its entry, and frees it. */
     PyThread_type_lock ready;
+    /* Who decides what becomes of the bootstate once the OS thread
+     * exists, settled by one compare-and-swap: the parent publishes it
+     * (BOOT_PUBLISHED), or the thread, finding that finalization has
+     * begun while its parent has not come back for it, abandons it
+     * (BOOT_ABANDONED) and the parent must not touch it. */
+    atomic_int phase;
     /* The thread's registry entry: its generation is given by the parent
      * (so that it is known when start returns), the entry is linked by the
      * parent as soon as the ident is known, so that an exception can be
@@ -1366,6 +1379,12 @@ typedef struct {
     Py_ssize_t nsentinels;
     Py_ssize_t sentinels_cap;
 } bootstate;
+
+enum { BOOT_STARTING, BOOT_PUBLISHED, BOOT_ABANDONED };
+
+/* How often a new thread whose parent has not published it yet looks
+ * whether finalization has begun (see thread_run). */
+#define READY_POLL_US 10000
 
 /* The bootstate of the thread running here, or NULL for a thread that
  * _xthread did not start. Per OS thread, not per module: an OS thread runs
@@ -1508,8 +1527,21 @@ thread_run(void *arg)
     atomic_store(&boot->entry.native_id, PyThread_get_thread_native_id());
     /* The parent links the entry once the OS thread exists; until then
      * nothing here may read it (current_boot_entry() tells a linked one).
-     * From here on the parent never touches the bootstate. */
-    PyThread_acquire_lock(boot->ready, WAIT_LOCK);
+     * It does so once it has the GIL back, so it never does if
+     * finalization begins meanwhile: CPython 3.9-3.13 end it inside that
+     * GIL request, 3.14 blocks it there. Then this thread gives up, unless
+     * the parent has published it after all (the CAS tells). From `ready`
+     * on, the parent never touches the bootstate. */
+    while (PyThread_acquire_lock_timed(boot->ready, READY_POLL_US, 0)
+           != PY_LOCK_ACQUIRED) {
+        int expected = BOOT_STARTING;
+        if (Py_IsFinalizing()
+            && atomic_compare_exchange_strong(&boot->phase, &expected,
+                                              BOOT_ABANDONED)) {
+            thread_abandon(boot, NULL);     /* `ready` leaks with it */
+            return;
+        }
+    }
     PyThread_free_lock(boot->ready);
     boot->ready = NULL;
 
@@ -1571,13 +1603,21 @@ thread_run(void *arg)
  * the thread findable by its ident, then lets it run. The bootstate is
  * the child's from here on. With the GIL, so that no registry operation
  * is under way when another thread calls fork() (which holds the GIL):
- * the child process then never inherits the registry's mutex held. */
-static void
+ * the child process then never inherits the registry's mutex held.
+ * Returns -1 if the thread has abandoned its bootstate already (see
+ * thread_run), which is then not touched. */
+static int
 start_publish(bootstate *boot, unsigned long ident)
 {
+    int expected = BOOT_STARTING;
+    if (!atomic_compare_exchange_strong(&boot->phase, &expected,
+                                        BOOT_PUBLISHED)) {
+        return -1;
+    }
     boot->entry.ident = ident;
     registry_link(&boot->state->registry, &boot->entry);
     PyThread_release_lock(boot->ready);
+    return 0;
 }
 
 /* Starts a thread running func(*args, **kwargs), and returns without
@@ -1624,7 +1664,13 @@ start_thread(bootstate *boot, unsigned long *ident)
         PyErr_SetString(PyExc_RuntimeError, "can't start new thread");
         goto error;
     }
-    start_publish(boot, id);
+    if (start_publish(boot, id) < 0) {
+        /* The thread saw finalization begin and ended: it released the
+         * sentinels and keeps the bootstate. */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "can't create new thread at interpreter shutdown");
+        return -1;
+    }
     *ident = id;
     return 0;
 
@@ -1671,6 +1717,7 @@ bootstate_new(PyObject *module, PyObject *fargs)
     boot->args = Py_NewRef(args);
     boot->kwargs = Py_XNewRef(kwargs);
     boot->ready = NULL;
+    atomic_init(&boot->phase, BOOT_STARTING);
     entry_init(&boot->entry, ++get_xthread_state(module)->next_generation);
     /* Every thread starts shielded until it runs (see thread_run). */
     boot->entry.start_shield = 1;
@@ -1706,21 +1753,20 @@ xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
 {
     xthread_state *state = get_xthread_state(module);
     lockobject *sentinel = NULL;
+    /* A held sentinel given by the caller is released on every failure
+     * from here on, so that whoever waits on it already (an exit wait
+     * that found it tracked) is not left waiting for a thread that never
+     * ran. Until it belongs to the bootstate, that is done here. */
+    int release_given = 0;
     PyObject *call_args = NULL;
-    if (PyTuple_GET_SIZE(fargs) > 5) {
+    Py_ssize_t nargs = PyTuple_GET_SIZE(fargs);
+    if (nargs > 5) {
         PyErr_Format(PyExc_TypeError,
                      "_start_joinable_thread expected at most 5 arguments, "
-                     "got %zd", PyTuple_GET_SIZE(fargs));
+                     "got %zd", nargs);
         return NULL;
     }
-    int shielded = 0;
-    if (PyTuple_GET_SIZE(fargs) == 5) {
-        shielded = PyObject_IsTrue(PyTuple_GET_ITEM(fargs, 4));
-        if (shielded < 0) {
-            return NULL;
-        }
-    }
-    if (PyTuple_GET_SIZE(fargs) >= 4 && PyTuple_GET_ITEM(fargs, 3) != Py_None) {
+    if (nargs >= 4 && PyTuple_GET_ITEM(fargs, 3) != Py_None) {
         PyObject *given = PyTuple_GET_ITEM(fargs, 3);
         if (!PyObject_TypeCheck(given, state->lock_type)) {
             PyErr_Format(PyExc_TypeError,
@@ -1733,9 +1779,16 @@ xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
             PyErr_SetString(PyExc_ValueError, "sentinel must be held");
             goto error;
         }
+        release_given = 1;
     }
-    call_args = PyTuple_GetSlice(fargs, 0, PyTuple_GET_SIZE(fargs) < 3
-                                           ? PyTuple_GET_SIZE(fargs) : 3);
+    int shielded = 0;
+    if (nargs == 5) {
+        shielded = PyObject_IsTrue(PyTuple_GET_ITEM(fargs, 4));
+        if (shielded < 0) {
+            goto error;
+        }
+    }
+    call_args = PyTuple_GetSlice(fargs, 0, nargs < 3 ? nargs : 3);
     if (call_args == NULL) {
         goto error;
     }
@@ -1757,6 +1810,7 @@ xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
         bootstate_discard(boot);
         goto error;
     }
+    release_given = 0;      /* the bootstate's now, released with it */
     /* Shielded from its first bytecode: what is sent before the thread's
      * own code is ready (a Python bootstrap registering itself) waits
      * until that code leaves the shield. (On top of the shield every
@@ -1772,6 +1826,9 @@ xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
     return Py_BuildValue("kNK", ident, (PyObject *)sentinel, generation);
 
 error:
+    if (release_given) {
+        (void)lock_core_release(sentinel->core);
+    }
     Py_XDECREF(call_args);
     Py_XDECREF(sentinel);
     return NULL;
@@ -1788,7 +1845,8 @@ PyDoc_STRVAR(start_joinable_thread_doc,
 "without waiting for it to run; the thread is findable by _deliver and\n"
 "_native_id at once. With shielded, the thread starts inside a shield\n"
 "(see _shield_exit): exceptions sent through _deliver wait until it\n"
-"leaves it, and reach it even before it has run.");
+"leaves it, and reach it even before it has run. If the call fails, a\n"
+"held sentinel given to it has been released.");
 
 
 // Sentinel
@@ -3018,14 +3076,13 @@ xthread_native_id(PyObject *module, PyObject *args, PyObject *kwds)
             || (generation != 0 && entry->generation != generation)) {
             Py_RETURN_NONE;
         }
+        if (entry->pid != getpid()) {
+            /* Linked before a fork(): in this child, its thread is gone. */
+            Py_RETURN_NONE;
+        }
         unsigned long native_id = atomic_load(&entry->native_id);
         if (native_id != 0) {
             return PyLong_FromUnsignedLong(native_id);
-        }
-        if (entry->pid != getpid()) {
-            /* Linked before a fork(): in this child, its thread is gone
-             * and will never write it. */
-            Py_RETURN_NONE;
         }
         Py_BEGIN_ALLOW_THREADS
         sched_yield();
