@@ -672,6 +672,10 @@ def test_fork_resets_count(where):
                     # Threads of the parent process are unknown here.
                     assert [_xthread._native_id(ident, generation)
                             for ident, _, generation in parked] == [None] * 3
+                    # ...but for the forking thread, if _xthread started it.
+                    assert _xthread._native_id(_xthread.get_ident()) == (
+                        _xthread.get_native_id() if {where!r} == "xthread"
+                        else None)
                     report = [_xthread._count()]
                     hold = _xthread.allocate_lock()
                     hold.acquire()

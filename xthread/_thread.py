@@ -351,9 +351,11 @@ class Thread(_threading.Thread):
         else:
             acquired = sentinel.acquire(block, timeout)
         if acquired:
-            # Let other joiners through, then remember the end.
+            # Let other joiners through, then remember the end (unless a
+            # failed start() has given the sentinel up meanwhile).
             sentinel.release()
-            self._xthread_mark_stopped()
+            if self._xthread_sentinel is sentinel:
+                self._xthread_mark_stopped()
 
     def _xthread_mark_stopped(self):
         self._xthread_state = _STOPPED

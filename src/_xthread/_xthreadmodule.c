@@ -913,6 +913,12 @@ park_on_core(lock_core *core, waiter *w, long long timeout_us)
  * to any other runnable thread between polls. */
 #define JOIN_SPIN_US 100
 
+/* A join parks for at most this long at a time, and runs the handlers of
+ * signals that came meanwhile between parks. A signal interrupts a park
+ * it arrives during (EINTR); one that arrives between the last check and
+ * the park would otherwise wait for the thread's end. */
+#define JOIN_PARK_SLICE_US 20000
+
 /* Spins, with the GIL dropped, until the lock is taken, its thread has
  * released it to someone else, or `max_us` has passed (and never past
  * `deadline_us`, if not 0). Returns 1 if it took the lock. GIL held on
@@ -981,12 +987,21 @@ lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
     rec->parked++;
     wait_status status;
     for (;;) {
-        PyLockStatus r = park_on_core(core, &w, time_left(deadline));
+        long long park_us = time_left(deadline);
+        int sentinel = atomic_load(&core->ends_with_thread);
+        if (sentinel && (park_us < 0 || park_us > JOIN_PARK_SLICE_US)) {
+            park_us = JOIN_PARK_SLICE_US;
+        }
+        PyLockStatus r = park_on_core(core, &w, park_us);
         if (w.granted) {
             status = WAIT_DONE;
             break;
         }
         if (r == PY_LOCK_INTR && Py_MakePendingCalls() < 0) {
+            status = WAIT_ERROR;
+            break;
+        }
+        if (sentinel && PyErr_CheckSignals() < 0) {
             status = WAIT_ERROR;
             break;
         }
@@ -3077,7 +3092,12 @@ xthread_native_id(PyObject *module, PyObject *args, PyObject *kwds)
             Py_RETURN_NONE;
         }
         if (entry->pid != getpid()) {
-            /* Linked before a fork(): in this child, its thread is gone. */
+            /* Linked before a fork(): in this child, its thread is gone,
+             * unless it is the one that forked. */
+            if (entry == current_boot_entry(state)) {
+                return PyLong_FromUnsignedLong(
+                    PyThread_get_thread_native_id());
+            }
             Py_RETURN_NONE;
         }
         unsigned long native_id = atomic_load(&entry->native_id);
