@@ -724,8 +724,8 @@ time_left(long long deadline_us)
  * Py_DECREF, and the lock object may already have been freed by then.
  *
  * A lock is a flag and a FIFO of parked waiters. The queue is guarded by
- * a short OS mutex (never held while blocking). A free lock is taken by a
- * compare-and-swap on the flag, without the mutex, so that taking it
+ * a short OS mutex (never held while blocking). A free lock is taken by an
+ * atomic exchange on the flag, without the mutex, so that taking it
  * never waits for a thread that has just freed it and still holds the
  * mutex (a joiner, and the exiting thread that releases its sentinel);
  * only a holder of the mutex turns the flag back to free or keeps it set
@@ -796,8 +796,9 @@ lock_core_decref(lock_core *core)
 static int
 lock_core_try(lock_core *core)
 {
-    int expected = 0;
-    return atomic_compare_exchange_strong(&core->locked, &expected, 1);
+    /* An exchange, not a compare-and-swap: the same for a 0/1 flag (1
+     * written over 1 changes nothing), with no address-taken local. */
+    return atomic_exchange(&core->locked, 1) == 0;
 }
 
 /* Called with core->mutex held: hands the lock to the first waiter, or
@@ -1376,10 +1377,13 @@ typedef struct {
      * before it runs anything that reads its entry, and frees it. */
     PyThread_type_lock ready;
     /* Who decides what becomes of the bootstate once the OS thread
-     * exists, settled by one compare-and-swap: the parent publishes it
-     * (BOOT_PUBLISHED), or the thread, finding that finalization has
-     * begun while its parent has not come back for it, abandons it
-     * (BOOT_ABANDONED) and the parent must not touch it. */
+     * exists: the parent publishes it (BOOT_PUBLISHED), or the thread,
+     * finding that finalization has begun while its parent has not come
+     * back for it, abandons it (BOOT_ABANDONED) and the parent must not
+     * touch it. Each sets its bit with one fetch-or; whoever finds the
+     * other's bit clear has won. (Not a compare-and-swap: its `expected`
+     * would be an address-taken local, whose AddressSanitizer redzone
+     * stays poisoned when CPython ends the thread inside a GIL request.) */
     atomic_int phase;
     /* The thread's registry entry: its generation is given by the parent
      * (so that it is known when start returns), the entry is linked by the
@@ -1395,7 +1399,7 @@ typedef struct {
     Py_ssize_t sentinels_cap;
 } bootstate;
 
-enum { BOOT_STARTING, BOOT_PUBLISHED, BOOT_ABANDONED };
+enum { BOOT_STARTING = 0, BOOT_PUBLISHED = 1, BOOT_ABANDONED = 2 };
 
 /* How often a new thread whose parent has not published it yet looks
  * whether finalization has begun (see thread_run). */
@@ -1545,14 +1549,13 @@ thread_run(void *arg)
      * It does so once it has the GIL back, so it never does if
      * finalization begins meanwhile: CPython 3.9-3.13 end it inside that
      * GIL request, 3.14 blocks it there. Then this thread gives up, unless
-     * the parent has published it after all (the CAS tells). From `ready`
+     * the parent has published it after all (`phase` tells). From `ready`
      * on, the parent never touches the bootstate. */
     while (PyThread_acquire_lock_timed(boot->ready, READY_POLL_US, 0)
            != PY_LOCK_ACQUIRED) {
-        int expected = BOOT_STARTING;
         if (Py_IsFinalizing()
-            && atomic_compare_exchange_strong(&boot->phase, &expected,
-                                              BOOT_ABANDONED)) {
+            && !(atomic_fetch_or(&boot->phase, BOOT_ABANDONED)
+                 & BOOT_PUBLISHED)) {
             thread_abandon(boot, NULL);     /* `ready` leaks with it */
             return;
         }
@@ -1624,9 +1627,7 @@ thread_run(void *arg)
 static int
 start_publish(bootstate *boot, unsigned long ident)
 {
-    int expected = BOOT_STARTING;
-    if (!atomic_compare_exchange_strong(&boot->phase, &expected,
-                                        BOOT_PUBLISHED)) {
+    if (atomic_fetch_or(&boot->phase, BOOT_PUBLISHED) & BOOT_ABANDONED) {
         return -1;
     }
     boot->entry.ident = ident;
