@@ -275,8 +275,14 @@ def send_to_worker(worker, shape, send):
         worker.jobs.put((shape, ctx))
         assert ctx.ready_event.wait(JOIN_TIMEOUT), "shape never started"
         ctx.sent = send(worker, ctx)
-        assert ctx.done.wait(JOIN_TIMEOUT), (
-            f"{shape.__name__}: the exception never landed")
+        if not ctx.done.wait(JOIN_TIMEOUT):
+            # Not left looping for the rest of the session (a loop that
+            # holds the GIL would starve every later test): stop it with
+            # kill's re-deliveries, then fail.
+            killed = worker.thread.kill(timeout=JOIN_TIMEOUT)
+            raise AssertionError(
+                f"{shape.__name__}: the exception never landed "
+                f"(the worker then killed: {bool(killed)})")
         return ctx
     return trial
 
