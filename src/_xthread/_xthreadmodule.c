@@ -1640,8 +1640,9 @@ start_publish(bootstate *boot, unsigned long ident)
  * waiting for it to run: the thread makes its own thread state, and it is
  * the thread, not the caller, that waits if it gets there first (for
  * `ready`). On success returns 0 with *ident set; the thread owns `boot`.
- * On failure returns -1 with an exception set; `boot` has been discarded.
- * Called with the GIL held.
+ * On failure returns -1 with an exception set; `boot` has been discarded,
+ * or, if the thread abandoned it at finalization, is left to the thread
+ * (which released its sentinels). Called with the GIL held.
  *
  * PyThread_start_new_thread reads the stack size set by stack_size() from
  * the current thread state, and uses the platform default when there is
