@@ -1,4 +1,8 @@
-"""The one place where xthread touches private names of ``threading``.
+"""The one place where xthread touches private names of ``threading``
+(and the list of those of ``concurrent.futures`` that its pool uses).
+
+Checked against CPython 3.9, 3.10, 3.11, 3.12, 3.13, 3.14 and 3.15 (the
+versions CI runs).
 
 ``xthread.Thread`` lives beside ``threading``: its threads are listed in
 ``threading._active`` so that ``current_thread()``, ``enumerate()``,
@@ -35,10 +39,33 @@ Answered (methods that ``threading`` calls on the objects in ``_active``):
 * When a fork happens inside an xthread, that object becomes
   ``threading._main_thread`` in the child, and ``threading._shutdown`` at
   the child's exit reads ``_is_stopped`` / ``_tstate_lock`` / ``_stop()``
-  (3.9-3.12) or ``_handle.is_done()`` / ``_handle._set_done()`` (3.13).
+  (3.9-3.12), ``_handle.is_done()`` / ``_handle._set_done()`` (3.13), or
+  ``_os_thread_handle.is_done()`` / ``_os_thread_handle._set_done()``
+  (3.14, 3.15: the attribute was renamed).
   ``become_main_thread`` gives the object exactly those, only then;
   ``stopped`` keeps ``_is_stopped`` right (``threading._main_thread`` is
   read to tell).
+
+``concurrent.futures`` (``xthread._pool``): the pool subclasses stdlib's
+``ThreadPoolExecutor`` for ``isinstance`` checks but calls none of its
+methods and keeps all of its own state (3.14 replaced the private
+``_initializer``/``_initargs`` with a worker context, which broke the pool
+while it called stdlib's constructor). What it still uses, unchanged on
+every version checked:
+
+* ``concurrent.futures.thread._threads_queues``, ``_global_shutdown_lock``
+  and ``_shutdown``: stdlib's exit handler (``_python_exit``, run by
+  ``threading._shutdown``) wakes and joins the workers listed there, and
+  its fork handler clears the list; submitting is refused once it ran.
+* ``concurrent.futures._base``: the future states (``PENDING``,
+  ``RUNNING``, ``FINISHED``, ``CANCELLED_AND_NOTIFIED``), ``LOGGER``, and
+  ``Future``'s ``_condition``, ``_state``, ``_result``, ``_exception``,
+  ``_waiters`` and ``_invoke_callbacks``, to settle a running future that
+  a cancel stopped, as ``Future.set_result`` does.
+* The attribute names that CPython's own executor tests read on a pool
+  (``_max_workers``, ``_threads``, ``_broken``, ``_shutdown``,
+  ``_work_queue``, ``_shutdown_lock``, ``_thread_name_prefix``) are set
+  with stdlib's meaning, by the pool itself.
 """
 import sys
 import threading
@@ -48,6 +75,8 @@ import _xthread
 PY310 = sys.version_info >= (3, 10)
 PY312 = sys.version_info >= (3, 12)
 PY313 = sys.version_info >= (3, 13)
+PY314 = sys.version_info >= (3, 14)
+PY315 = sys.version_info >= (3, 15)
 
 active = threading._active
 limbo = threading._limbo
@@ -97,7 +126,8 @@ REFUSE_START_AT_SHUTDOWN = (3, 12) <= sys.version_info[:3] < (3, 12, 3)
 
 
 class _DoneHandle:
-    """What 3.13's ``threading._shutdown`` asks of ``_main_thread._handle``."""
+    """What ``threading._shutdown`` asks of ``_main_thread._handle``
+    (3.13) or ``_main_thread._os_thread_handle`` (3.14, 3.15)."""
 
     __slots__ = ("_done", "_thread")
 
@@ -120,7 +150,9 @@ def become_main_thread(thread):
     ``threading._main_thread``: called in a forked child whose forking
     thread was ``thread``. Only then: a user subclass may use these names
     for its own purposes, and on every other object they stay unset."""
-    if PY313:
+    if PY314:
+        thread._os_thread_handle = _DoneHandle(thread)
+    elif PY313:
         thread._handle = _DoneHandle(thread)
     else:
         lock = _xthread.allocate_lock()

@@ -1,8 +1,9 @@
 """A ThreadPoolExecutor whose running tasks can be stopped, and to_thread.
 
 ``xthread.ThreadPoolExecutor`` is ``concurrent.futures.ThreadPoolExecutor``
-(a subclass: same constructor, names, queue, exit handling) with three
-changes: its workers are ``xthread.Thread``s; each task runs inside a
+(a subclass, for ``isinstance`` checks: the same constructor, names, queue
+and exit handling, though it keeps all of its own state, since stdlib's
+private worker state changes between versions) with three changes: its workers are ``xthread.Thread``s; each task runs inside a
 delivery scope of its own, so ``Future.cancel()``, a per-task time limit and
 ``shutdown(interrupt=True)`` can raise in a running task without any
 exception ever reaching the next task or the worker loop; and a task that
@@ -15,6 +16,7 @@ import concurrent.futures as _futures
 import concurrent.futures.thread as _cft
 import contextvars as _contextvars
 import functools as _functools
+import itertools as _itertools
 import logging as _logging
 import os as _os
 import queue as _queue
@@ -45,6 +47,9 @@ _deliver = _xthread._deliver
 _find_record = _xthread._find_record
 _get_ident = _xthread.get_ident
 _monotonic = _time.monotonic
+# 3.13 added os.process_cpu_count (the CPUs this process may use), and
+# stdlib's pool sizes itself by it from then on.
+_cpu_count = getattr(_os, "process_cpu_count", _os.cpu_count)
 _watchdog = _stop._watchdog
 
 _PENDING = _base.PENDING
@@ -579,15 +584,40 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
     limit; ``shutdown(interrupt=True)`` stops running tasks too.
     """
 
+    # Pool names, numbered in creation order (as stdlib's, though counted
+    # apart from it).
+    _counter = _itertools.count().__next__
+
     def __init__(self, max_workers=None, thread_name_prefix="",
                  initializer=None, initargs=(), *, time_limit=None,
                  grace=DEFAULT_GRACE):
+        # Every field is this class's own: stdlib's constructor is not
+        # called, since the worker state it keeps is private and changes
+        # between versions (3.14 replaced _initializer/_initargs with a
+        # worker context). The names that CPython's own executor tests
+        # read (_max_workers, _threads, _broken, _shutdown, _work_queue)
+        # keep stdlib's meaning.
         time_limit = _check_seconds("time_limit", time_limit)
         grace = _check_seconds("grace", grace)
         if grace is None:
             raise TypeError("grace must be a number, not None")
-        super().__init__(max_workers, thread_name_prefix, initializer,
-                         initargs)
+        if max_workers is None:
+            # As stdlib: CPUs this process may use, plus 4, at most 32.
+            max_workers = min(32, (_cpu_count() or 1) + 4)
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._max_workers = max_workers
+        self._work_queue = _queue.SimpleQueue()
+        self._threads = set()
+        self._broken = False
+        self._shutdown = False
+        self._shutdown_lock = _xthread.allocate_lock()
+        self._thread_name_prefix = (thread_name_prefix or
+                                    "ThreadPoolExecutor-%d" % self._counter())
+        self._xthread_initializer = initializer
+        self._xthread_initargs = initargs
         self._idle = _collections.deque()
         self._time_limit = time_limit
         self._grace = grace
@@ -617,19 +647,44 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
             raise TypeError("seconds must be a number, not None")
         return self._submit(seconds, fn, args, kwargs)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
-        """As stdlib's ``Executor.map``; on a timeout (or when the iterator
-        is closed early) every call not yet done is cancelled, the one
-        that timed out included, and so stopped if running (3.9 and 3.10
-        leave the timed-out call running)."""
+    def map(self, fn, *iterables, timeout=None, chunksize=1,
+            buffersize=None):
+        """As stdlib's ``Executor.map`` (3.14's, on every version:
+        *buffersize*, when given, bounds how many calls are submitted
+        ahead of the results taken; *chunksize* is ignored, as by stdlib's
+        thread pool). On a timeout, or when the iterator is closed early,
+        every call not yet done is cancelled, the one that timed out
+        included, and so stopped if running (stdlib's 3.9 and 3.10 leave
+        the timed-out call running)."""
+        if buffersize is not None:
+            if isinstance(buffersize, bool) or not isinstance(buffersize,
+                                                              int):
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
         if timeout is not None:
             end_time = timeout + _monotonic()
-        fs = [self.submit(fn, *args) for args in zip(*iterables)]
+        calls = zip(*iterables)
+        if buffersize:
+            fs = _collections.deque(
+                self.submit(fn, *args)
+                for args in _itertools.islice(calls, buffersize))
+        else:
+            fs = [self.submit(fn, *args) for args in calls]
+        # The iterator holds the pool weakly, as stdlib's: it must not keep
+        # a pool alive that nothing else refers to.
+        pool_ref = _weakref.ref(self)
 
         def result_iterator():
             try:
                 fs.reverse()
                 while fs:
+                    if buffersize:
+                        pool = pool_ref()
+                        args = next(calls, None) if pool is not None else None
+                        if args is not None:
+                            fs.appendleft(pool.submit(fn, *args))
+                        pool = None
                     if timeout is None:
                         yield _result_or_cancel(fs.pop())
                     else:
@@ -689,8 +744,9 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
                                  self._spawned)
         t = _thread.Thread(name=thread_name, target=_worker,
                            args=(_weakref.ref(self, weakref_cb), worker,
-                                 self._work_queue, self._initializer,
-                                 self._initargs))
+                                 self._work_queue,
+                                 self._xthread_initializer,
+                                 self._xthread_initargs))
         worker.thread = t
         t.start()
         self._spawned += 1
