@@ -243,6 +243,10 @@ def test_instance_not_kept_alive():
 # None withdraws a pending exception
 
 
+def _checkpoint():
+    pass
+
+
 class Blocked:
     """A thread blocked in a C wait (an _xthread lock held by the test);
     the handler is in the calling frame. ``outcome`` says how the wait
@@ -261,6 +265,13 @@ class Blocked:
     def run(self):
         try:
             value = self.blocked()
+            # A pending exception is raised at the thread's next
+            # eval-breaker check. Up to 3.13 the call that returned from
+            # the wait makes one; 3.14 has none there, nor at the return
+            # or the list append below, and would raise it only after run()
+            # returned. A call to a Python function checks on every
+            # version, inside this handler.
+            _checkpoint()
         except BaseException as exc:
             self.outcome.append(("raised", exc))
         else:

@@ -445,8 +445,10 @@ _SKIPS = {
               for_range_if_break: ALL, while_not_flag_len: ALL,
               with_lock_while_not_flag: ALL, with_in_try_in_loop: SOME,
               nested_loops: SOME},
-    # Measured on 3.14.7, which cannot be run here.
-    (3, 14): {while_true_if_break: ALL, for_range_if_break: ALL},
+    (3, 14): {while_true_if_break: ALL, for_range_if_break: ALL,
+              nested_loops: SOME},
+    (3, 15): {while_true_if_break: ALL, for_range_if_break: ALL,
+              nested_loops: SOME},
 }
 
 
