@@ -173,6 +173,7 @@ typedef struct recordobject {
     unsigned long long generation;
     PyThread_type_lock park;    /* posted to wake the thread from a wait */
     PyThread_type_lock landed;  /* posted when a sent exception lands */
+    atomic_int park_posted, landed_posted;      /* see sem_post */
     int parked;                 /* in a killable wait now */
     int shield_depth;
     /* Sent through xthread, not landed yet: raised by the interpreter at
@@ -360,6 +361,8 @@ record_new(xthread_state *state, unsigned long long generation)
      * are sent anything, and thread start should not pay for them. */
     rec->park = NULL;
     rec->landed = NULL;
+    atomic_init(&rec->park_posted, 0);
+    atomic_init(&rec->landed_posted, 0);
     PyObject_GC_Track(rec);
     return rec;
 }
@@ -418,6 +421,34 @@ record_semaphore(PyThread_type_lock *sem)
         *sem = lock;
     }
     return 0;
+}
+
+/* A record's semaphores (`park`, `landed`) are PyThread locks held while
+ * not posted. A post releases one only if it is not posted already: a
+ * second release in a row would release an unlocked lock, which 3.15,
+ * whose PyThread locks are PyMutexes, treats as a fatal error (earlier
+ * versions' POSIX semaphores counted it). Posters may run at once and
+ * without the GIL; the flag lets exactly one of them release. A waiter
+ * clears it once it has the lock, and then looks at its own condition
+ * again (every wait loops on it), so a post merged into the one it took
+ * is not lost. */
+static inline void
+sem_post(PyThread_type_lock sem, atomic_int *posted)
+{
+    if (atomic_exchange(posted, 1) == 0) {
+        PyThread_release_lock(sem);
+    }
+}
+
+static inline PyLockStatus
+sem_wait_for(PyThread_type_lock sem, atomic_int *posted, long long timeout_us,
+             int intr_flag)
+{
+    PyLockStatus r = PyThread_acquire_lock_timed(sem, timeout_us, intr_flag);
+    if (r == PY_LOCK_ACQUIRED) {
+        atomic_store(posted, 0);
+    }
+    return r;
 }
 
 static PyObject *
@@ -649,7 +680,7 @@ raise_outstanding(recordobject *rec)
     record_withdraw(rec);
     rec->landed_at_us = monotonic_us();
     if (rec->landed != NULL) {
-        PyThread_release_lock(rec->landed);     /* for hand_over_gil */
+        sem_post(rec->landed, &rec->landed_posted);     /* hand_over_gil */
     }
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     Py_DECREF(exc);
@@ -693,7 +724,7 @@ park_once(recordobject *rec, long long timeout_us)
 {
     PyLockStatus r;
     Py_BEGIN_ALLOW_THREADS
-    r = PyThread_acquire_lock_timed(rec->park, timeout_us, 1);
+    r = sem_wait_for(rec->park, &rec->park_posted, timeout_us, 1);
     Py_END_ALLOW_THREADS
     return r;
 }
@@ -701,7 +732,7 @@ park_once(recordobject *rec, long long timeout_us)
 static inline void
 unpark(recordobject *rec)
 {
-    PyThread_release_lock(rec->park);
+    sem_post(rec->park, &rec->park_posted);
 }
 
 /* Time left until `deadline_us` (0: none) as a park timeout. */
@@ -895,7 +926,7 @@ park_on_core(lock_core *core, waiter *w, long long timeout_us)
 {
     PyLockStatus r;
     Py_BEGIN_ALLOW_THREADS
-    r = PyThread_acquire_lock_timed(w->rec->park, timeout_us, 1);
+    r = sem_wait_for(w->rec->park, &w->rec->park_posted, timeout_us, 1);
     PyThread_acquire_lock(core->mutex, WAIT_LOCK);
     if (!w->granted) {
         lock_core_remove_waiter(core, w);
@@ -1941,7 +1972,7 @@ carrier_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
             Py_CLEAR(rec->outstanding);
             rec->landed_at_us = monotonic_us();
             if (rec->landed != NULL) {
-                PyThread_release_lock(rec->landed);
+                sem_post(rec->landed, &rec->landed_posted);
             }
             record_send_next(rec);
         }
@@ -2895,14 +2926,13 @@ hand_over_gil(recordobject *rec)
         PyErr_Clear();      /* no hand-over, no harm */
         return;
     }
-    /* Drop stale posts from earlier deliveries first. */
-    while (PyThread_acquire_lock_timed(rec->landed, 0, 0) == PY_LOCK_ACQUIRED) {
-    }
+    /* Drop a stale post of an earlier delivery first. */
+    sem_wait_for(rec->landed, &rec->landed_posted, 0, 0);
     if (rec->outstanding == NULL) {
         return;
     }
     Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock_timed(rec->landed, HANDOFF_US, 0);
+    sem_wait_for(rec->landed, &rec->landed_posted, HANDOFF_US, 0);
     Py_END_ALLOW_THREADS
 }
 
