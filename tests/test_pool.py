@@ -527,14 +527,22 @@ def test_demo_reports_every_outcome():
     assert "stopped after" in line("waits in Event.wait()")[0]
     assert "stopped after" in line("swallows the stop")[0]
     assert "time limit" in line("limit")[0]
-    sleeping = line("in time.sleep")
-    assert "stuck in a C call at" in sleeping[0]
-    assert "_demo.py:" in sleeping[0]
-    assert "released" in sleeping[1]
+    sleeping = line("in time.sleep(")
     assert "3 tasks ran at once" in line("capacity")[0]
-    assert lines[-1] == ("pool health: 3 of 3 workers alive, 1 replaced, "
-                         "0 still stuck, tasks lost: none")
-    assert "written off" in proc.stderr      # logged through logging
+    if _xthread._SIGNAL_WAKES:
+        # 3.15+: signalled out of the call, stopped like the others.
+        assert len(sleeping) == 1
+        assert "stopped after" in sleeping[0]
+        assert lines[-1] == ("pool health: 3 of 3 workers alive, 0 "
+                             "replaced, 0 still stuck, tasks lost: none")
+        assert "written off" not in proc.stderr
+    else:
+        assert "stuck in a C call at" in sleeping[0]
+        assert "_demo.py:" in sleeping[0]
+        assert "released" in sleeping[1]
+        assert lines[-1] == ("pool health: 3 of 3 workers alive, 1 "
+                             "replaced, 0 still stuck, tasks lost: none")
+        assert "written off" in proc.stderr      # logged through logging
 
 
 def test_main_help_lists_the_commands():

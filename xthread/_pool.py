@@ -45,6 +45,7 @@ _OWN_FILES = _re.compile(
 
 _deliver = _xthread._deliver
 _find_record = _xthread._find_record
+_nudge = _xthread._nudge
 _get_ident = _xthread.get_ident
 _monotonic = _time.monotonic
 # 3.13 added os.process_cpu_count (the CPUs this process may use), and
@@ -396,6 +397,9 @@ class _Task(_xthread.Scoped):
                 return
             record = _find_record(self.ident)
             if record is not None and record.pending:
+                # In a C call: on 3.15+ signal it out of a system call (a
+                # signal may have come just before it entered one).
+                _nudge(self.ident, self.generation, self.scope)
                 return
             exc = self.exc
             if isinstance(exc, BaseException):

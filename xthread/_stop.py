@@ -21,10 +21,13 @@ import _xthread
 
 __all__ = [
     "ThreadKilled", "TimeLimitExceeded", "KillResult", "raise_in_thread",
-    "shield", "time_limit",
+    "shield", "time_limit", "wake_signal",
 ]
 
 _deliver = _xthread._deliver
+_nudge = _xthread._nudge
+# Whether a thread blocked in a system call is signalled out of it (3.15+).
+_SIGNAL_WAKES = bool(_xthread._SIGNAL_WAKES)
 _get_ident = _xthread.get_ident
 _monotonic = _time.monotonic
 
@@ -55,6 +58,53 @@ def raise_in_thread(ident, exc):
     return _deliver(ident, exc)
 
 
+def wake_signal(signum=None):
+    """The signal that xthread sends to a thread blocked in a system call
+    (``time.sleep``, a socket call, ``select``...) to make an exception
+    sent to it land there: CPython 3.15 raises a pending exception in such
+    a call once a signal interrupts it; earlier versions do not, and
+    nothing is sent there.
+
+    Returns the signal's number, 0 for none (the default, ``SIGURG``, is
+    used unless ``XTHREAD_WAKE_SIGNAL`` in the environment names another
+    at import: a number, a name such as ``SIGUSR2``, or ``0``/``off``).
+    With *signum*, use that signal from now on (0: none) and return the
+    previous one. xthread installs its handler, which does nothing, only
+    over the signal's default action: a signal that has a handler of
+    someone else's is never taken over, and threads are then not
+    signalled."""
+    if signum is None:
+        return _xthread._wake_signal()
+    return _xthread._wake_signal(signum)
+
+
+def _wake_signal_from_environment():
+    value = _os.environ.get("XTHREAD_WAKE_SIGNAL", "").strip()
+    if not value:
+        return
+    if value.lower() in ("0", "off", "none"):
+        signum = 0
+    elif value.isdigit():
+        signum = int(value)
+    else:
+        import signal
+        name = value.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        signum = getattr(signal, name, None)
+        if not isinstance(signum, int) or name.startswith("SIG_"):
+            raise ValueError("XTHREAD_WAKE_SIGNAL=%r names no signal (a "
+                             "number, a name such as SIGUSR2, or 0 for "
+                             "none)" % value)
+    try:
+        _xthread._wake_signal(int(signum))
+    except (TypeError, ValueError) as exc:
+        raise ValueError("XTHREAD_WAKE_SIGNAL=%r: %s" % (value, exc)) from None
+
+
+_wake_signal_from_environment()
+
+
 class shield:
     """``with shield():`` holds back exceptions sent through xthread until
     the block exits, then raises the first one. Nestable: only the
@@ -83,6 +133,12 @@ class shield:
 # TimeLimitExceeded in thread ident inside scope; with one, the watchdog
 # calls action() instead (the pool's per-task limits and grace checks).
 _DEADLINE, _SEQ, _IDENT, _SCOPE, _SECONDS, _ACTION = range(6)
+
+# 3.15+: a thread signalled out of a system call whose exception has not
+# landed is signalled again after this long, then at doubling intervals
+# up to the cap.
+_WAKE_FIRST_S = 0.005
+_WAKE_MAX_S = 0.2
 
 # The longest the watchdog keeps the GIL while waiting for a deadline.
 _SPIN_S = 0.0005
@@ -126,6 +182,18 @@ class _Watchdog:
         if wake:
             self._poke()
         return item
+
+    def wake_until_landed(self, ident, scope, generation=0,
+                          after=_WAKE_FIRST_S):
+        """3.15+: while what was sent to thread *ident* for *scope* has not
+        landed and the thread sits in a call, signal it again (a signal
+        that came just before it entered its system call is lost), at
+        growing intervals, until it lands or the scope closes."""
+        def again():
+            if _nudge(ident, generation, scope):
+                self.wake_until_landed(ident, scope, generation,
+                                       min(after * 2, _WAKE_MAX_S))
+        self.add(after, scope, again, ident)
 
     def cancel(self, item):
         # The scope is closed already (time_limit.__exit__, in C).
@@ -176,7 +244,9 @@ class _Watchdog:
                 if action is None:
                     exc = TimeLimitExceeded(
                         "time limit of %g s exceeded" % item[_SECONDS])
-                    _deliver(ident, exc, scope=item[_SCOPE])
+                    if (_deliver(ident, exc, scope=item[_SCOPE])
+                            and _SIGNAL_WAKES):
+                        self.wake_until_landed(ident, item[_SCOPE])
                     continue
                 try:
                     action()

@@ -1,6 +1,6 @@
 /* compat.h: every difference between the CPython versions that _xthread
- * supports (3.9 to 3.13, compiled also against 3.14 and free-threaded
- * headers) lives in this file and nowhere else.
+ * supports (3.9 to 3.15, and 3.14's free-threaded build with the GIL
+ * enabled) lives in this file and nowhere else.
  *
  * Each block names the version that added or changed the API and keeps
  * CPython's own spelling, so that a block can be deleted once the oldest
@@ -191,6 +191,26 @@ xthread_get_trace(PyThreadState *Py_UNUSED(tstate))
 }
 #endif
 
+/* Waking a thread blocked in a system call. From 3.15 (gh-144748,
+ * python/cpython PR 145178) PyErr_CheckSignals raises the calling
+ * thread's pending asynchronous exception, and the C functions that retry
+ * a system call on EINTR (time.sleep, socket calls, select, ...) call it
+ * before retrying: a thread whose call is interrupted by a signal then
+ * raises what PyThreadState_SetAsyncExc sent it, at that call. Up to 3.14
+ * the exception waits until the call returns, so a signal would only
+ * cost the thread a retry.
+ *   XTHREAD_SIGNAL_WAKES 1: deliveries to a thread inside a C call are
+ *       followed by a signal to that thread (see "Waking" in the C
+ *       source). 3.15+, GIL builds: on a free-threaded build the target
+ *       may be running while its frame is read, which needs the design of
+ *       its own that free-threading support brings.
+ *   XTHREAD_SIGNAL_WAKES 0: nothing is signalled. */
+#if PY_VERSION_HEX >= 0x030F0000 && !defined(Py_GIL_DISABLED)
+#  define XTHREAD_SIGNAL_WAKES 1
+#else
+#  define XTHREAD_SIGNAL_WAKES 0
+#endif
+
 /* The offset in bytes of the instruction the frame is at, -1 before its
  * first: PyFrame_GetLasti from 3.11; f_lasti counts bytes on 3.9 and
  * code units on 3.10 (bpo-27129). */
@@ -203,6 +223,19 @@ xthread_frame_lasti(PyFrameObject *frame)
     return frame->f_lasti < 0 ? -1 : frame->f_lasti * 2;
 #else
     return frame->f_lasti;
+#endif
+}
+
+/* The bytecode of a code object, as bytes (new reference): PyCode_GetCode
+ * from 3.11 (deoptimized: specialized and instrumented instructions read
+ * as their base instruction); co_code before. */
+static inline PyObject *
+xthread_code_bytes(PyCodeObject *code)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyCode_GetCode(code);
+#else
+    return PyObject_GetAttrString((PyObject *)code, "co_code");
 #endif
 }
 
