@@ -32,6 +32,7 @@ SPEC_NAMES = {
 LOCK_METHODS = {
     "acquire", "release", "locked", "acquire_lock", "release_lock",
     "locked_lock", "__enter__", "__exit__", "_at_fork_reinit",
+    "_wait_released",
 }
 
 

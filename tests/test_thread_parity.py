@@ -17,6 +17,7 @@ import warnings
 
 import pytest
 
+import _xthread
 import xthread
 from helpers import join_or_fail, stack_size, switch_interval
 
@@ -724,3 +725,65 @@ def test_return_value_recipe(thread_cls):
     t.join(JOIN_TIMEOUT)
     assert not t.is_alive()
     assert t.result == 5
+
+
+# Ctrl-C during join (bpo-45274, which stdlib fixed in 3.11): the
+# KeyboardInterrupt ends the join, and the thread can be joined after.
+
+
+def _take_pending_interrupt():
+    """Run bytecode until the main thread's pending SIGINT handler has
+    raised (bounded)."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            pass
+    except KeyboardInterrupt:
+        return
+    raise AssertionError("the interrupt never arrived")
+
+
+def test_ctrl_c_in_join_then_join_again():
+    import _thread
+    release = threading.Event()
+    t = xthread.Thread(target=release.wait, args=(JOIN_TIMEOUT,))
+    t.start()
+    main = threading.get_ident()
+
+    def interrupt_once_parked():
+        # The main thread parks in join: then interrupt it.
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while time.monotonic() < deadline:
+            record = _xthread._find_record(main)
+            if record is not None and record.parked:
+                break
+            xthread.sleep(0.001)
+        _thread.interrupt_main()
+
+    helper = threading.Thread(target=interrupt_once_parked)
+    helper.start()
+    with pytest.raises(KeyboardInterrupt):
+        t.join(JOIN_TIMEOUT)
+    join_or_fail(helper)
+    assert t.is_alive()
+    release.set()
+    t.join(JOIN_TIMEOUT)
+    assert not t.is_alive()
+
+
+def test_ctrl_c_as_the_thread_ends_leaves_it_joinable():
+    """The thread sends the interrupt as it ends, so that it often comes
+    just as the join's wait returns: before, it could land with the
+    sentinel held, and every later join waited for ever."""
+    import _thread
+    for _ in range(50):
+        t = xthread.Thread(target=_thread.interrupt_main)
+        t.start()
+        try:
+            t.join(JOIN_TIMEOUT)
+        except KeyboardInterrupt:
+            pass
+        else:
+            _take_pending_interrupt()
+        t.join(JOIN_TIMEOUT)
+        assert not t.is_alive()

@@ -92,9 +92,9 @@ def _join_non_daemon_threads():
         if not pending:
             return
         for sentinel in pending:
-            # Interruptible in the main thread: Ctrl-C stops the wait.
-            sentinel.acquire()
-            sentinel.release()
+            # Interruptible in the main thread: Ctrl-C stops the wait (and
+            # never leaves the sentinel held: it is taken and let go in C).
+            sentinel._wait_released()
 
 
 # Every started thread, for the fork handler: a thread that has left
@@ -346,16 +346,17 @@ class Thread(_threading.Thread):
         sentinel = self._xthread_sentinel
         if sentinel is None:
             return
+        # Taken and let go again in one C call: an exception that ends the
+        # wait (Ctrl-C, a stop sent to this thread) never leaves the
+        # sentinel held, and a later join() still works (bpo-45274).
         if timeout == -1:
-            acquired = sentinel.acquire(block)
+            ended = sentinel._wait_released(block)
         else:
-            acquired = sentinel.acquire(block, timeout)
-        if acquired:
-            # Let other joiners through, then remember the end (unless a
-            # failed start() has given the sentinel up meanwhile).
-            sentinel.release()
-            if self._xthread_sentinel is sentinel:
-                self._xthread_mark_stopped()
+            ended = sentinel._wait_released(block, timeout)
+        # Remember the end (unless a failed start() has given the sentinel
+        # up meanwhile).
+        if ended and self._xthread_sentinel is sentinel:
+            self._xthread_mark_stopped()
 
     def _xthread_mark_stopped(self):
         self._xthread_state = _STOPPED

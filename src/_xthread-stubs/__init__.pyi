@@ -35,6 +35,9 @@ class LockType:
         /,
     ) -> None: ...
     def _at_fork_reinit(self, /) -> None: ...
+    def _wait_released(
+        self, /, blocking: bool = True, timeout: float = -1
+    ) -> bool: ...
 
 lock = LockType
 

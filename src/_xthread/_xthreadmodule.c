@@ -1214,6 +1214,38 @@ PyDoc_STRVAR(lock_acquire_doc,
 "interrupts the wait. Killable: an exception sent to the waiting thread\n"
 "through xthread ends the wait at once and is raised here.");
 
+/* Waits until the lock is free, taking it and letting it go again in one
+ * C call: no Python code (a signal handler, a delivered exception) runs
+ * while it is held, so an exception that ends the wait never leaves it
+ * held. What a join needs of a sentinel. */
+static PyObject *
+lock_wait_released(lockobject *self, PyObject *args, PyObject *kwds)
+{
+    long long timeout_us;
+    if (lock_acquire_parse_args(args, kwds, &timeout_us) < 0) {
+        return NULL;
+    }
+    xthread_state *state = PyType_GetModuleState(Py_TYPE(self));
+    switch (lock_core_acquire(state, self->core, timeout_us)) {
+    case WAIT_DONE:
+        lock_core_release(self->core);
+        Py_RETURN_TRUE;
+    case WAIT_TIMEOUT:
+        Py_RETURN_FALSE;
+    case WAIT_INTERRUPTED:
+        return raise_outstanding(current_record(state));
+    default:
+        return NULL;
+    }
+}
+
+PyDoc_STRVAR(lock_wait_released_doc,
+"_wait_released($self, /, blocking=True, timeout=-1)\n"
+"--\n\n"
+"Wait, as acquire() would, until the lock is free; return True with the\n"
+"lock left free (taken and let go in one step, so that no exception can\n"
+"land while it is held), False on timeout.");
+
 static PyObject *
 lock_release(lockobject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -1362,6 +1394,8 @@ static PyMethodDef lock_methods[] = {
      METH_VARARGS | METH_KEYWORDS, lock_enter_doc},
     {"__exit__", (PyCFunction)lock_exit, METH_VARARGS, lock_exit_doc},
     {"_at_fork_reinit", (PyCFunction)lock_at_fork_reinit, METH_NOARGS, NULL},
+    {"_wait_released", (PyCFunction)(void (*)(void))lock_wait_released,
+     METH_VARARGS | METH_KEYWORDS, lock_wait_released_doc},
     {NULL, NULL, 0, NULL}
 };
 
