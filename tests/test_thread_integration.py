@@ -398,6 +398,25 @@ def test_failing_excepthook_falls_back_to_sys_excepthook(thread_cls,
     assert exc_value.__suppress_context__ is True
 
 
+def test_failing_excepthook_says_so_first(thread_cls, monkeypatch, capfd):
+    """stdlib writes one line before handing the hook's error on."""
+    def bad_hook(args):
+        raise RuntimeError("hook failed")
+
+    monkeypatch.setattr(threading, "excepthook", bad_hook)
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+
+    def target():
+        raise ValueError("original")
+
+    t = thread_cls(target=target)
+    t.start()
+    join_or_fail(t)
+    err = capfd.readouterr().err
+    assert err.startswith("Exception in threading.excepthook:\n"), err
+    assert "RuntimeError: hook failed" in err
+
+
 def test_excepthook_when_sys_stderr_is_none():
     # The default hook, with sys.stderr None while the thread fails, prints
     # to the stderr that was current when the thread was created.

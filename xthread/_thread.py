@@ -314,6 +314,14 @@ class Thread(_threading.Thread):
         except Exception as exc:
             exc.__suppress_context__ = True
             del exc
+            # As stdlib: a line that says the hook itself failed, then the
+            # hook's error through sys.excepthook.
+            stderr = _sys.stderr
+            if stderr is None:
+                stderr = self._xthread_stderr
+            if stderr is not None:
+                print("Exception in threading.excepthook:", file=stderr,
+                      flush=True)
             sys_hook = _sys.excepthook or _sys.__excepthook__
             sys_hook(*_sys.exc_info())
         finally:
