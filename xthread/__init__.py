@@ -6,7 +6,7 @@ thread to run, and ``join()`` waits in C.
 """
 import _xthread
 
-from ._stop import (KillResult, ThreadKilled, TimeLimitExceeded,
+from ._stop import (KillResult, Scope, ThreadKilled, TimeLimitExceeded,
                     raise_in_thread, shield, time_limit, wake_signal)
 from ._sync import (BoundedSemaphore, Condition, Event, LifoQueue, Lock,
                     PriorityQueue, Queue, RLock, Semaphore, sleep)
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Thread", "get_ident", "get_native_id",
     "ThreadKilled", "TimeLimitExceeded", "KillResult", "raise_in_thread",
-    "shield", "time_limit", "wake_signal",
+    "shield", "time_limit", "Scope", "wake_signal",
     "sleep", "Lock", "RLock", "Condition", "Event", "Semaphore",
     "BoundedSemaphore", "Queue", "LifoQueue", "PriorityQueue",
     "ThreadPoolExecutor", "TaskCancelled", "StuckTask", "PoolHealth",

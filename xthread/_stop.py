@@ -21,7 +21,7 @@ import _xthread
 
 __all__ = [
     "ThreadKilled", "TimeLimitExceeded", "KillResult", "raise_in_thread",
-    "shield", "time_limit", "wake_signal",
+    "shield", "time_limit", "Scope", "wake_signal",
 ]
 
 _deliver = _xthread._deliver
@@ -127,12 +127,13 @@ class shield:
 # pushes an entry (and wakes the watchdog only when it is the new
 # earliest); leaving marks it cancelled, to be dropped lazily.
 
-# A heap item: [deadline, seq, ident, scope, seconds, action]; lists
-# compare in C, and seq is unique, so comparisons never go past it.
+# A heap item: [deadline, seq, ident, scope, seconds, action, exception];
+# lists compare in C, and seq is unique, so comparisons never go past it.
 # Cancelling sets the ident to None. With no action, a due item raises
-# TimeLimitExceeded in thread ident inside scope; with one, the watchdog
+# its exception (a class, instantiated with a message naming the limit,
+# or an instance) in thread ident inside scope; with one, the watchdog
 # calls action() instead (the pool's per-task limits and grace checks).
-_DEADLINE, _SEQ, _IDENT, _SCOPE, _SECONDS, _ACTION = range(6)
+_DEADLINE, _SEQ, _IDENT, _SCOPE, _SECONDS, _ACTION, _EXCEPTION = range(7)
 
 # 3.15+: a thread signalled out of a system call whose exception has not
 # landed is signalled again after this long, then at doubling intervals
@@ -163,11 +164,13 @@ class _Watchdog:
         self._seq = _itertools.count()
         self._thread = None
 
-    def add(self, seconds, scope, action=None, ident=None):
+    def add(self, seconds, scope, action=None, ident=None,
+            exception=None):
         deadline = _monotonic() + seconds
         if ident is None:
             ident = _get_ident()
-        item = [deadline, next(self._seq), ident, scope, seconds, action]
+        item = [deadline, next(self._seq), ident, scope, seconds, action,
+                exception]
         mutex = self._mutex
         mutex.acquire()
         try:
@@ -242,8 +245,10 @@ class _Watchdog:
                     continue
                 action = item[_ACTION]
                 if action is None:
-                    exc = TimeLimitExceeded(
-                        "time limit of %g s exceeded" % item[_SECONDS])
+                    exc = item[_EXCEPTION] or TimeLimitExceeded
+                    if isinstance(exc, type):
+                        exc = exc("time limit of %g s exceeded"
+                                  % item[_SECONDS])
                     if (_deliver(ident, exc, scope=item[_SCOPE])
                             and _SIGNAL_WAKES):
                         self.wake_until_landed(ident, item[_SCOPE])
@@ -301,9 +306,22 @@ class _UnraisableArgs:
 _watchdog = _Watchdog()
 
 
+def _check_exception(exception):
+    if isinstance(exception, BaseException) or (
+            isinstance(exception, type)
+            and issubclass(exception, BaseException)):
+        return exception
+    raise TypeError("exception must be an exception class or instance, "
+                    "not %s" % type(exception).__name__)
+
+
 class time_limit(_xthread.Scoped):
     """Raise ``TimeLimitExceeded`` in the thread running the block once
     *seconds* have passed; a context manager and a decorator.
+
+    *exception* (by keyword) is what is raised instead: a class, made
+    anew each time the limit fires with a message naming the limit, or
+    an instance, raised as that very object.
 
     Any thread, the main one included. Limits nest, each raising its own
     exception; an outer limit still fires when an inner one's exception
@@ -313,9 +331,9 @@ class time_limit(_xthread.Scoped):
     any bytecode runs. All limits share one watchdog thread.
     """
 
-    __slots__ = ("seconds", "_entries")
+    __slots__ = ("seconds", "exception", "_entries")
 
-    def __init__(self, seconds):
+    def __init__(self, seconds, *, exception=TimeLimitExceeded):
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError("seconds must be a number, not %s"
                             % type(seconds).__name__)
@@ -323,28 +341,104 @@ class time_limit(_xthread.Scoped):
             raise ValueError("seconds must be greater than zero, not %r"
                              % (seconds,))
         self.seconds = seconds
+        self.exception = _check_exception(exception)
         # By scope token: one object may be entered by several threads at
         # once, and nested (the scopes themselves live on each thread).
         self._entries = {}
 
     def _scope_entered(self, scope):
-        self._entries[scope] = _watchdog.add(self.seconds, scope)
+        self._entries[scope] = _watchdog.add(self.seconds, scope,
+                                             exception=self.exception)
 
     def _scope_exited(self, scope):
         _watchdog.cancel(self._entries.pop(scope))
 
     def __call__(self, func):
         import functools
-        seconds = self.seconds
+        seconds, exception = self.seconds, self.exception
 
         @functools.wraps(func)
         def limited(*args, **kwargs):
-            with time_limit(seconds):
+            with time_limit(seconds, exception=exception):
                 return func(*args, **kwargs)
         return limited
 
     def __repr__(self):
-        return "time_limit(%r)" % (self.seconds,)
+        if self.exception is TimeLimitExceeded:
+            return "time_limit(%r)" % (self.seconds,)
+        return "time_limit(%r, exception=%r)" % (self.seconds,
+                                                 self.exception)
+
+
+class Scope(_xthread.Scoped):
+    """A delivery scope: ``with xthread.Scope() as scope:`` opens it in
+    the calling thread, and ``scope.raise_exc(exc)``, from any thread,
+    raises *exc* in that thread, but only while the block runs.
+
+    ``raise_exc`` returns True when the exception was delivered, False
+    when the block has not started or has ended. An exception sent but
+    not landed when the block exits is withdrawn as the block closes (in
+    C, before any bytecode of ``__exit__``), never raised after it. It
+    lands where the frame's handlers apply, at once in a killable wait,
+    and is held back by ``xthread.shield()``, as every stop is.
+
+    Scopes nest, with each other, with time limits and shields; each
+    exception reaches only the block of its own scope. This is the
+    machinery under ``time_limit`` and the pool's tasks, for libraries
+    that build their own stops (a soft time limit with an exception of
+    their own, a cancel scope). One object opens one block at a time;
+    entering it again while open is a RuntimeError.
+    """
+
+    __slots__ = ("_ident", "_generation", "_scope")
+
+    def __init__(self):
+        self._ident = None
+        self._generation = 0
+        self._scope = 0
+
+    def _scope_entered(self, scope):
+        if self._scope:
+            raise RuntimeError("this Scope is open already; make a new "
+                               "Scope for each block")
+        self._ident = _get_ident()
+        self._generation = _xthread._record().generation
+        self._scope = scope
+
+    def _scope_exited(self, scope):
+        if scope == self._scope:
+            self._scope = 0
+
+    @property
+    def active(self):
+        """Whether the block is running."""
+        return self._scope != 0
+
+    @property
+    def ident(self):
+        """The ident of the thread running (or that last ran) the block,
+        or None."""
+        return self._ident
+
+    def raise_exc(self, exc):
+        """Raise *exc* (an exception class or instance) in the block's
+        thread while the block runs. Returns whether it was delivered."""
+        if isinstance(exc, type):
+            if not issubclass(exc, BaseException):
+                raise TypeError("exceptions must derive from BaseException, "
+                                "not %s" % exc.__name__)
+        elif not isinstance(exc, BaseException):
+            raise TypeError("exceptions must derive from BaseException, "
+                            "not %s" % type(exc).__name__)
+        scope = self._scope
+        if not scope:
+            return False
+        return _deliver(self._ident, exc, generation=self._generation,
+                        scope=scope)
+
+    def __repr__(self):
+        return "<xthread.Scope %s>" % (
+            "open in thread %s" % self._ident if self._scope else "closed")
 
 
 # Kill reports
