@@ -426,7 +426,7 @@ def test_uncaught_in_xthread_goes_to_unraisablehook(exc, where):
         t = start_joinable(function)
         try:
             # set_async_exc, as _thread's, reaches a thread once it has its
-            # thread state, which start does not wait for.
+            # thread state.
             assert running.wait(JOIN_TIMEOUT)
             if where == "in-plain-loop":
                 assert spinning.wait(JOIN_TIMEOUT)

@@ -107,9 +107,8 @@ SKIPS = {
 if sys.version_info < (3, 12):
     # submit() then shutdown(wait=False, cancel_futures=True) at once: the
     # test expects the task to have started first, which is a race (3.12
-    # accepts either outcome, python/cpython#116682). xthread's start()
-    # returns before the new worker runs Python, so it loses that race
-    # more often than stdlib's.
+    # accepts either outcome, python/cpython#116682); it is lost now and
+    # then with stdlib's pool and xthread's alike.
     SKIPS["ThreadPoolShutdownTest.test_cancel_futures_wait_false"] = (
         "races submit() against shutdown(cancel_futures=True); "
         "python/cpython#116682")

@@ -25,7 +25,8 @@ SPEC_NAMES = {
     "_set_sentinel", "set_async_exc",
     "get_ident", "get_native_id", "_count", "stack_size",
     "TIMEOUT_MAX", "error", "exit", "exit_thread",
-    # start() returns before the thread has run: its OS id, once it has.
+    # start_new_thread() returns before the thread has run: its OS id,
+    # once it has.
     "_native_id",
 }
 
@@ -168,7 +169,8 @@ MODULE_SIGNATURES = {
     "start_new_thread": "(function, args, kwargs=None, /)",
     "start_new": "(function, args, kwargs=None, /)",
     "_start_joinable_thread":
-        "(function, args, kwargs=None, sentinel=None, shielded=False, /)",
+        "(function, args, kwargs=None, sentinel=None, shielded=False, "
+        "started=None, /)",
     "allocate_lock": "()",
     "allocate": "()",
     "_set_sentinel": "()",

@@ -7,11 +7,13 @@ import ctypes.util
 import gc
 import sys
 import threading
+import time
 import weakref
 
 import pytest
 
 import _xthread
+import xthread
 from helpers import (JOIN_TIMEOUT, assert_clean_exit, catch_unraisable,
                      joined, run_script, stack_size, start_joinable,
                      switch_interval)
@@ -109,11 +111,28 @@ def test_bad_arguments(start, args, message):
 
 @pytest.mark.parametrize("start", ALL_STARTERS)
 @pytest.mark.parametrize("args", [(), (print,),
-                                  (print, (), {}, None, False, None)],
-                         ids=["0", "1", "6"])
+                                  (print, (), {}, None, False, None, None)],
+                         ids=["0", "1", "7"])
 def test_wrong_number_of_arguments(start, args):
     with pytest.raises(TypeError):
         start(*args)
+
+
+@pytest.mark.parametrize("started", [[], [None, None], (None,), "x"])
+def test_started_must_be_a_list_of_one(started):
+    before = _xthread._count()
+    with pytest.raises(TypeError, match="list of one item"):
+        _xthread._start_joinable_thread(print, (), None, None, False, started)
+    assert _xthread._count() == before
+
+
+def test_started_gets_the_result():
+    started = [None]
+    result = _xthread._start_joinable_thread(print, (), None, None, False,
+                                             started)
+    assert started == [result]
+    ident, sentinel, generation = result
+    assert sentinel._wait_released(timeout=JOIN_TIMEOUT)
 
 
 def test_joinable_with_given_sentinel():
@@ -416,26 +435,45 @@ def test_native_id_of_unknown_thread_or_generation():
         _xthread._native_id(-1)
 
 
-def test_joinable_thread_reachable_at_once():
-    """The call returns before the thread has run, even before it has a
-    thread state: an exception sent through _deliver at once is held until
-    the thread runs, and raised there in place of its function."""
+def test_new_thread_reachable_at_once():
+    """start_new_thread returns before the thread has run, even before it
+    has a thread state: an exception sent through _deliver at once is held
+    until the thread runs, and raised there in place of its function."""
     class Stop(Exception):
         pass
 
     ran = []
     _xthread._deliver(0, Stop)      # its first call imports; not below
+    count = _xthread._count()
     with catch_unraisable() as hook:
         # With a stack size set the thread is made with the GIL held, and
         # with no forced switches this thread keeps the GIL from the start
         # call to the delivery: the new thread cannot have run.
         with stack_size(1 << 20), switch_interval(60):
-            t = start_joinable(ran.append, 1)
-            assert _xthread._deliver(t.ident, Stop, generation=t.generation,
-                                     handoff=False) is True
-        t.join()
+            ident = _xthread.start_new_thread(ran.append, (1,))
+            assert _xthread._deliver(ident, Stop, handoff=False) is True
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while _xthread._count() > count and time.monotonic() < deadline:
+            xthread.sleep(0.001)
     assert ran == []
     assert [r.exc_type for r in hook.records] == [Stop]
+
+
+def test_joinable_thread_runs_before_the_caller_goes_on():
+    """_start_joinable_thread returns once the thread runs: it goes on into
+    its function before the caller gets the GIL back."""
+    ran = []
+    go = threading.Event()
+
+    def function():
+        ran.append(True)
+        go.wait(JOIN_TIMEOUT)
+
+    with switch_interval(60):
+        t = start_joinable(function)
+        assert ran == [True]
+    go.set()
+    t.join()
 
 
 def test_set_async_exc_reaches_a_thread_once_it_runs():

@@ -563,7 +563,7 @@ def test_ident_and_native_id(thread_cls):
     assert t.native_id is None
     t.start()
     try:
-        # Both are set when start() returns, before the thread need run.
+        # Both are set when start() returns.
         ident, native_id = t.ident, t.native_id
         assert isinstance(ident, int)
         assert isinstance(native_id, int)
@@ -576,10 +576,11 @@ def test_ident_and_native_id(thread_cls):
     assert t.ident != threading.get_ident()
 
 
-def test_xthread_start_returns_before_the_thread_runs():
-    """xthread's start() does not wait for the new thread (stdlib's waits
-    until it has run Python): what start() promises holds before it has
-    run, native_id included."""
+def test_start_returns_once_the_thread_runs(thread_cls):
+    """When start() returns, the new thread has run into run(): with no
+    forced switches, it keeps the GIL from its start until it blocks, so
+    the starting thread finds what run() did first (stdlib's guarantee,
+    which code such as dramatiq's WorkerThread relies on)."""
     ran = []
     seen = {}
     go = threading.Event()
@@ -589,23 +590,51 @@ def test_xthread_start_returns_before_the_thread_runs():
         seen["native_id"] = threading.get_native_id()
         go.wait(JOIN_TIMEOUT)
 
-    t = xthread.Thread(target=target)
-    # With a stack size set the OS thread is made with the GIL held, and
-    # with no forced switches this thread keeps the GIL until native_id
-    # waits: the new thread cannot have run Python before that.
-    with stack_size(1 << 20), switch_interval(60):
-        t.start()
-        before = (list(ran), t.is_alive(), t in threading.enumerate(),
-                  type(t.ident))
-        native_id = t.native_id
-    try:
-        assert before == ([], True, True, int)
-        assert isinstance(native_id, int)
-    finally:
-        go.set()
-        join_or_fail(t)
-    assert ran == [True]
-    assert native_id == seen["native_id"] == t.native_id
+    for size in (0, 1 << 20, 4 << 20):
+        ran.clear()
+        t = thread_cls(target=target)
+        with stack_size(size), switch_interval(60):
+            t.start()
+            after = (list(ran), t.is_alive(), t in threading.enumerate(),
+                     type(t.ident), t.native_id)
+        try:
+            assert after == ([True], True, True, int, seen["native_id"])
+        finally:
+            go.set()
+            join_or_fail(t)
+            go.clear()
+
+
+class _StoppableWorker:
+    """dramatiq's WorkerThread pattern: run() sets running at its top and
+    loops while it is set; stop() clears it."""
+
+    def __init__(self, thread_cls):
+        self.running = False
+        self.stopped = threading.Event()
+        self.thread = thread_cls(target=self.run, daemon=True)
+
+    def run(self):
+        self.running = True
+        while self.running:
+            xthread.sleep(0.0005)
+        self.stopped.set()
+
+    def stop(self):
+        self.running = False
+
+
+def test_stop_right_after_start_is_never_lost(thread_cls):
+    lost = 0
+    for _ in range(200):
+        w = _StoppableWorker(thread_cls)
+        w.thread.start()
+        w.stop()
+        if not w.stopped.wait(JOIN_TIMEOUT):
+            lost += 1
+            w.running = False
+        join_or_fail(w.thread)
+    assert lost == 0
 
 
 def test_repr(thread_cls):
@@ -777,13 +806,40 @@ def test_ctrl_c_as_the_thread_ends_leaves_it_joinable():
     sentinel held, and every later join waited for ever."""
     import _thread
     for _ in range(50):
-        t = xthread.Thread(target=_thread.interrupt_main)
+        go = threading.Event()
+
+        def target():
+            go.wait(JOIN_TIMEOUT)
+            _thread.interrupt_main()
+
+        t = xthread.Thread(target=target)
         t.start()
         try:
+            go.set()
             t.join(JOIN_TIMEOUT)
         except KeyboardInterrupt:
             pass
         else:
             _take_pending_interrupt()
+        t.join(JOIN_TIMEOUT)
+        assert not t.is_alive()
+
+
+def test_ctrl_c_as_start_returns_leaves_the_thread_started():
+    """A thread that sends the interrupt at once: it often lands as start()
+    returns. The thread stays started (its ident set, joinable, not
+    startable again), as with stdlib."""
+    import _thread
+    for _ in range(50):
+        t = xthread.Thread(target=_thread.interrupt_main)
+        try:
+            t.start()
+        except KeyboardInterrupt:
+            pass
+        else:
+            _take_pending_interrupt()
+        assert t.ident is not None
+        with pytest.raises(RuntimeError, match="once"):
+            t.start()
         t.join(JOIN_TIMEOUT)
         assert not t.is_alive()

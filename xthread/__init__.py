@@ -1,8 +1,8 @@
 """xthread: threads you can stop safely, on CPython's own thread machinery.
 
 ``xthread.Thread`` is a drop-in for ``threading.Thread`` whose life cycle
-runs on the ``_xthread`` C module: ``start()`` does not wait for the new
-thread to run, and ``join()`` waits in C.
+runs on the ``_xthread`` C module: ``start()`` waits for the new thread
+to run through a handshake in C, and ``join()`` waits in C.
 """
 import _xthread
 

@@ -283,8 +283,8 @@ class _WorkItem:
 class _Worker:
     """A worker thread's state, shared with its pool."""
 
-    __slots__ = ("thread", "generation", "written_off", "running",
-                 "released", "task", "completed", "__weakref__")
+    __slots__ = ("thread", "generation", "written_off", "released", "task",
+                 "completed", "__weakref__")
 
     def __init__(self):
         self.thread = None
@@ -292,12 +292,10 @@ class _Worker:
         # the worker writes them (no lock on the task's path).
         self.task = None
         self.completed = 0
-        # Set by the worker itself (its thread may run before start()
-        # has returned the generation to the pool).
+        # Set by the worker itself (its thread runs before start() has
+        # returned the generation to the pool).
         self.generation = 0
         self.written_off = False
-        # Set once the worker's thread runs (see _spawn).
-        self.running = _Event()
         # Set when the worker stops serving: its loop ended, or it was
         # written off. shutdown(wait=True) waits on this, not on join(),
         # so that a stuck worker does not hold it up.
@@ -503,7 +501,6 @@ def _worker(executor_reference, worker, work_queue, initializer, initargs):
     # each task run in its own delivery scope and a stop for a written-off
     # worker.
     worker.generation = _xthread._record().generation
-    worker.running.set()
     try:
         if initializer is not None:
             try:
@@ -758,14 +755,9 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
         self._workers[t] = worker
         self._every_worker.append(worker)
         _cft._threads_queues[t] = self._work_queue
-        # xthread's start() returns before the new thread runs; stdlib's
-        # waits for it, so a worker started for a task takes that task
-        # before submit() returns, and shutdown(cancel_futures=True) right
-        # after finds it running, not queued. Keep that: wait here, once
-        # per worker, the worker counted already (this wait is killable).
-        # A thread that never runs, at exit, ends instead.
-        while not worker.running.wait(1.0) and t.is_alive():
-            pass
+        # start() has returned once the worker runs, and the worker goes on
+        # to take its first task before this thread gets the GIL back in
+        # the ordinary case, as with stdlib's pool.
 
     # Running tasks
 

@@ -5,15 +5,15 @@ The life cycle is stdlib's (``start`` -> ``_bootstrap`` ->
 sentinel lock released once the thread state is gone), with no Python
 ``Event`` or ``Condition`` in either:
 
-* ``start`` calls ``_xthread._start_joinable_thread``, which returns as soon
-  as the OS thread exists, with the thread's ident and a held sentinel lock,
-  without waiting for the thread to run: no ``Event`` round trip, and no
-  wait in C either (the new thread waits, if it gets there first, until
-  the parent has made it findable by its ident). ``native_id`` is the one
-  thing known only once the thread has run; read before that, it waits.
-* ``join`` acquires the sentinel, which the C bootstrap releases after
+* ``start`` calls ``_xthread._start_joinable_thread``, which returns with
+  the thread's ident and a held sentinel lock once the thread runs: the
+  new thread, holding the GIL, releases a handshake lock in C that the
+  caller waits on with the GIL let go, so it goes on into ``run()``
+  before the caller gets the GIL back, as with stdlib, but with no Python
+  ``Event`` round trip.
+* ``join`` waits on the sentinel, which the C bootstrap releases after
   ``PyThreadState_DeleteCurrent`` (spinning a little first, in C: see
-  ``JOIN_SPIN_US``).
+  ``JOIN_SPIN_US``), taking and releasing it in one C call.
 
 Attribute names are prefixed ``_xthread_`` so that they never collide with
 the private names of ``threading.Thread`` on any version (3.13 added
@@ -190,10 +190,11 @@ class Thread(_threading.Thread):
     def start(self):
         """Start the thread's activity: ``run()`` in a new OS thread.
 
-        Returns as soon as the OS thread exists, with its ident set; the
-        thread is alive, listed by ``threading.enumerate()`` and can be
-        sent an exception from then on, though it may not have run yet.
-        Calling it twice raises RuntimeError.
+        Returns once the new thread runs, as stdlib's: it is alive, listed
+        by ``threading.enumerate()``, its ``ident`` and ``native_id`` are
+        known, and it goes on into ``run()`` before the calling thread
+        gets the GIL back in the ordinary case (the wait is a handshake in
+        C, not a Python ``Event``). Calling it twice raises RuntimeError.
         """
         if not self._xthread_initialized:
             raise RuntimeError("thread.__init__() not called")
@@ -210,6 +211,9 @@ class Thread(_threading.Thread):
         self._xthread_sentinel = sentinel
         self._xthread_state = _STARTING
         calling = False
+        # The C call's result, stored before it returns: an exception that
+        # lands as it returns (a signal handler's) leaves a running thread.
+        started = [None]
         try:
             with _active_limbo_lock():
                 _limbo[self] = self
@@ -223,8 +227,14 @@ class Thread(_threading.Thread):
             # below, instead of escaping the bootstrap.
             calling = True
             ident, _, generation = _start_joinable_thread(
-                self._bootstrap, (), None, sentinel, True)
+                self._bootstrap, (), None, sentinel, True, started)
         except BaseException:
+            if started[0] is not None:
+                # The thread runs (the exception, a Ctrl-C say, landed as
+                # the call returned): it stays started, as with stdlib,
+                # whose start() can raise in its wait for the new thread.
+                self._xthread_started(*started[0])
+                raise
             # Whoever waits on the sentinel already (a join from another
             # thread, the exit wait) must not wait for a thread that never
             # ran: a failed call has released it, else release it here.
@@ -237,6 +247,9 @@ class Thread(_threading.Thread):
             with _active_limbo_lock():
                 _limbo.pop(self, None)
             raise
+        self._xthread_started(ident, None, generation)
+
+    def _xthread_started(self, ident, sentinel, generation):
         self._xthread_ident = ident
         self._xthread_generation = generation
         if self._xthread_state == _STARTING:
@@ -274,7 +287,7 @@ class Thread(_threading.Thread):
         try:
             ident = _get_ident()
             # The parent sets these too once start() returns; this thread
-            # may get here first.
+            # gets here first.
             self._xthread_ident = ident
             self._xthread_native_id = _get_native_id()
             with _active_limbo_lock():
@@ -489,8 +502,9 @@ class Thread(_threading.Thread):
     def native_id(self):
         """The operating system's id of the thread, or None before start.
 
-        Read just after ``start()``, before the new thread has run its
-        first instruction, it waits for that (microseconds)."""
+        Known once ``start()`` has returned (the thread wrote it first
+        thing); read from another thread while ``start()`` runs, it waits
+        for the new thread's first instruction (microseconds)."""
         assert self._xthread_initialized, "Thread.__init__() not called"
         native_id = self._xthread_native_id
         if (native_id is None and self._xthread_ident is not None

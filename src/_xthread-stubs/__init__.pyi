@@ -63,12 +63,15 @@ def _start_joinable_thread(
     kwargs: dict[str, Any] | None = None,
     sentinel: LockType | None = None,
     shielded: bool = False,
+    started: list[Any] | None = None,
     /,
 ) -> tuple[int, LockType, int]:
-    """Start a thread, without waiting for it to run; return (ident,
-    sentinel, generation), the sentinel (new, or the held lock given) being
-    a held lock released once the thread's state is deleted, the generation
-    telling this thread from a later one with the same ident."""
+    """Start a thread and return once it runs (it goes on into function
+    before the caller gets the GIL back); return (ident, sentinel,
+    generation), the sentinel (new, or the held lock given) being a held
+    lock released once the thread's state is deleted, the generation
+    telling this thread from a later one with the same ident. started, a
+    list of one item, gets the result too, before the call returns."""
 
 def _native_id(ident: int, generation: int = 0) -> int | None:
     """The OS id of a thread that _xthread knows (waits for a thread just

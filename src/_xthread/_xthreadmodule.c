@@ -15,8 +15,11 @@
  *     GIL taken back                         waits for `ready`
  *     link the entry (ident)
  *     release `ready`            ------->    PyThreadState_New
- *     return ident                           PyEval_AcquireThread (GIL)
- *     (never waits for the child)            function(*args, **kwargs)
+ *     (_start_joinable_thread:               PyEval_AcquireThread (GIL)
+ *      GIL dropped, waits for    <-------    release `running`
+ *      `running`, then asks for              function(*args, **kwargs)
+ *      the GIL back)
+ *     return ident
  *                                            drop refs, _count -= 1
  *                                            PyThreadState_Clear
  *                                            PyThreadState_DeleteCurrent
@@ -1447,6 +1450,14 @@ typedef struct {
      * it (rarely: the parent links it as soon as the OS thread exists)
      * before it runs anything that reads its entry, and frees it. */
     PyThread_type_lock ready;
+    /* The start handshake, for a caller that waits until the thread runs
+     * (_start_joinable_thread, as threading.Thread.start waits for its
+     * `_started` event): made held by the parent, released once by the
+     * child as it has the GIL and is about to call its function (or as it
+     * gives up), then freed by the parent, which keeps its own copy of the
+     * pointer and never reads it from here after `ready`. NULL: nobody
+     * waits. */
+    PyThread_type_lock running;
     /* Who decides what becomes of the bootstate once the OS thread
      * exists: the parent publishes it (BOOT_PUBLISHED), or the thread,
      * finding that finalization has begun while its parent has not come
@@ -1561,6 +1572,9 @@ bootstate_discard(bootstate *boot)
     if (boot->ready != NULL) {
         PyThread_free_lock(boot->ready);
     }
+    if (boot->running != NULL) {
+        PyThread_free_lock(boot->running);  /* no thread: nobody else has it */
+    }
     bootstate_release_sentinels(boot);
     PyMem_RawFree(boot);
 }
@@ -1572,9 +1586,24 @@ bootstate_discard(bootstate *boot)
  * leaves the registry, though its memory stays: a thread holding the GIL
  * may have found it a moment ago. Its sentinels are released, so that
  * joins return. */
+/* The child's side of the start handshake: the parent may go on. Called
+ * once the thread has the GIL (so that it goes on into its function
+ * before the parent gets the GIL back, as a stdlib thread does), or as it
+ * gives up. The lock is the parent's to free from then on. */
+static void
+thread_say_running(bootstate *boot)
+{
+    PyThread_type_lock running = boot->running;
+    if (running != NULL) {
+        boot->running = NULL;
+        PyThread_release_lock(running);
+    }
+}
+
 static void
 thread_abandon(bootstate *boot, const char *why)
 {
+    thread_say_running(boot);       /* the parent must not wait for ever */
     registry_unlink(&boot->entry);
     atomic_fetch_sub(&boot->state->count, 1);
     bootstate_release_sentinels(boot);
@@ -1649,6 +1678,7 @@ thread_run(void *arg)
 
     current_boot = boot;
     PyEval_AcquireThread(tstate);
+    thread_say_running(boot);
 
     PyObject *res = NULL;
     if (thread_lift_start_shield(boot) == 0) {
@@ -1721,8 +1751,31 @@ start_publish(bootstate *boot, unsigned long ident)
  * attached; with none (the usual case) the GIL is dropped first: making an
  * OS thread takes tens of microseconds in the kernel, during which threads
  * started just before run their Python instead of waiting for this one. */
+/* The parent's side of the start handshake: wait, without the GIL, until
+ * the thread has the GIL and is about to call its function, then free the
+ * lock. The wait is for the OS to schedule the new thread (microseconds);
+ * it stops only if finalization begins meanwhile (the thread may then
+ * never run; the lock is left to it). */
+static void
+start_wait_running(PyThread_type_lock running)
+{
+    for (;;) {
+        PyLockStatus r;
+        Py_BEGIN_ALLOW_THREADS
+        r = PyThread_acquire_lock_timed(running, READY_POLL_US, 0);
+        Py_END_ALLOW_THREADS
+        if (r == PY_LOCK_ACQUIRED) {
+            PyThread_free_lock(running);
+            return;
+        }
+        if (Py_IsFinalizing()) {
+            return;
+        }
+    }
+}
+
 static int
-start_thread(bootstate *boot, unsigned long *ident)
+start_thread(bootstate *boot, unsigned long *ident, int wait_running)
 {
     if (Py_IsFinalizing()) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -1735,6 +1788,15 @@ start_thread(bootstate *boot, unsigned long *ident)
         goto error;
     }
     PyThread_acquire_lock(boot->ready, WAIT_LOCK);
+    PyThread_type_lock running = NULL;
+    if (wait_running) {
+        running = boot->running = PyThread_allocate_lock();
+        if (running == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        PyThread_acquire_lock(running, WAIT_LOCK);
+    }
 
     atomic_long *count = xthread_count_ref(boot->state);
     atomic_fetch_add(count, 1);
@@ -1754,12 +1816,16 @@ start_thread(bootstate *boot, unsigned long *ident)
     }
     if (start_publish(boot, id) < 0) {
         /* The thread saw finalization begin and ended: it released the
-         * sentinels and keeps the bootstate. */
+         * sentinels and keeps the bootstate (and `running`, which it
+         * released: left, since it may touch it still). */
         PyErr_SetString(PyExc_RuntimeError,
                         "can't create new thread at interpreter shutdown");
         return -1;
     }
     *ident = id;
+    if (running != NULL) {
+        start_wait_running(running);
+    }
     return 0;
 
 error:
@@ -1805,6 +1871,7 @@ bootstate_new(PyObject *module, PyObject *fargs)
     boot->args = Py_NewRef(args);
     boot->kwargs = Py_XNewRef(kwargs);
     boot->ready = NULL;
+    boot->running = NULL;
     atomic_init(&boot->phase, BOOT_STARTING);
     entry_init(&boot->entry, ++get_xthread_state(module)->next_generation);
     /* Every thread starts shielded until it runs (see thread_run). */
@@ -1823,7 +1890,7 @@ xthread_start_new_thread(PyObject *module, PyObject *fargs)
         return NULL;
     }
     unsigned long ident;
-    if (start_thread(boot, &ident) < 0) {
+    if (start_thread(boot, &ident, 0) < 0) {
         return NULL;
     }
     return PyLong_FromUnsignedLong(ident);
@@ -1848,11 +1915,23 @@ xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
     int release_given = 0;
     PyObject *call_args = NULL;
     Py_ssize_t nargs = PyTuple_GET_SIZE(fargs);
-    if (nargs > 5) {
+    if (nargs > 6) {
         PyErr_Format(PyExc_TypeError,
-                     "_start_joinable_thread expected at most 5 arguments, "
+                     "_start_joinable_thread expected at most 6 arguments, "
                      "got %zd", nargs);
         return NULL;
+    }
+    /* A list of one item the result is also stored in, before the call
+     * returns: an exception that lands as it returns (a signal handler's)
+     * must not make the caller take a running thread for a failed start. */
+    PyObject *out = NULL;
+    if (nargs == 6 && PyTuple_GET_ITEM(fargs, 5) != Py_None) {
+        out = PyTuple_GET_ITEM(fargs, 5);
+        if (!PyList_Check(out) || PyList_GET_SIZE(out) != 1) {
+            PyErr_SetString(PyExc_TypeError,
+                            "started must be a list of one item");
+            return NULL;
+        }
     }
     if (nargs >= 4 && PyTuple_GET_ITEM(fargs, 3) != Py_None) {
         PyObject *given = PyTuple_GET_ITEM(fargs, 3);
@@ -1870,7 +1949,7 @@ xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
         release_given = 1;
     }
     int shielded = 0;
-    if (nargs == 5) {
+    if (nargs >= 5) {
         shielded = PyObject_IsTrue(PyTuple_GET_ITEM(fargs, 4));
         if (shielded < 0) {
             goto error;
@@ -1906,12 +1985,18 @@ xthread_start_joinable_thread(PyObject *module, PyObject *fargs)
     boot->entry.start_shield += shielded ? 1 : 0;
     unsigned long long generation = boot->entry.generation;
     unsigned long ident;
-    if (start_thread(boot, &ident) < 0) {
+    /* As threading.Thread.start: return once the thread runs. */
+    if (start_thread(boot, &ident, 1) < 0) {
         /* The discarded bootstate released the sentinel: join on a
          * thread that never ran must not hang. */
         goto error;
     }
-    return Py_BuildValue("kNK", ident, (PyObject *)sentinel, generation);
+    PyObject *result = Py_BuildValue("kNK", ident, (PyObject *)sentinel,
+                                     generation);
+    if (result != NULL && out != NULL) {
+        PyList_SetItem(out, 0, Py_NewRef(result));  /* cannot fail */
+    }
+    return result;
 
 error:
     if (release_given) {
@@ -1924,17 +2009,20 @@ error:
 
 PyDoc_STRVAR(start_joinable_thread_doc,
 "_start_joinable_thread($module, function, args, kwargs=None,\n"
-"                       sentinel=None, shielded=False, /)\n--\n\n"
+"                       sentinel=None, shielded=False, started=None, /)\n"
+"--\n\n"
 "Like start_new_thread(), but return (ident, sentinel, generation): the\n"
 "generation tells this thread from a later one that reuses its ident; the\n"
 "sentinel (a new one, or the held lock given) is a held lock that the\n"
 "thread releases after its thread state is deleted, so acquiring it\n"
-"waits for the thread's end. The call returns once the OS thread exists,\n"
-"without waiting for it to run; the thread is findable by _deliver and\n"
-"_native_id at once. With shielded, the thread starts inside a shield\n"
+"waits for the thread's end. The call returns once the thread runs: it\n"
+"has taken the GIL and is about to call function, which it goes on into\n"
+"before the caller gets the GIL back (as threading.Thread.start); its\n"
+"native id is known. With shielded, the thread starts inside a shield\n"
 "(see _shield_exit): exceptions sent through _deliver wait until it\n"
 "leaves it, and reach it even before it has run. If the call fails, a\n"
-"held sentinel given to it has been released.");
+"held sentinel given to it has been released. started, a list of one\n"
+"item, gets the result too, before the call returns.");
 
 
 // Sentinel
