@@ -31,13 +31,14 @@ interpreter (``assert_python_ok('-c', code)``: interpreter shutdown,
 of their code. As in ``test_cpython_thread.py``, test.support's thread
 helpers (``threading_setup``/``threading_cleanup``) count _xthread's
 threads too, so that a test that leaves an xthread thread running is
-caught as it would be with stdlib's. The threads that xthread keeps for
-the life of the process are started before the tests, so that those
-helpers count them from the start instead of blaming the first test that
-needs them: the watchdog thread (started by the first time limit or stop)
-and, for the ``to_thread`` suite, every worker of ``xthread.to_thread``'s
-shared pool (stdlib's ``to_thread`` uses the loop's default executor,
-which goes with the loop).
+caught as it would be with stdlib's (xthread's time-limit watchdog
+aside: it is no thread of the user's, started by the first stop and
+ended once idle). The threads that xthread keeps for the life of the
+process are started before the tests, so that those helpers count them
+from the start instead of blaming the first test that needs them: for the
+``to_thread`` suite, every worker of ``xthread.to_thread``'s shared pool
+(stdlib's ``to_thread`` uses the loop's default executor, which goes
+with the loop).
 
 Each suite is also run, the same way but unpatched, against stdlib (the
 two runs side by side), and the test asserts that every test that passes
@@ -226,14 +227,18 @@ def _runner_main(config_path):
 
         class CountingThreadModule:
             """_thread as test.support's thread helpers see it:
-            ``_count()`` also counts the threads that _xthread started."""
+            ``_count()`` also counts the threads that _xthread started,
+            but for xthread's time-limit watchdog, which is no thread of
+            the user's (it is started by the first stop and ends once
+            idle)."""
 
             def __getattr__(self, name):
                 return getattr(_thread, name)
 
             @staticmethod
             def _count():
-                return _thread._count() + _xthread._count()
+                return (_thread._count() + _xthread._count()
+                        - xthread._stop._watchdog.running())
 
         threading_helper._thread = CountingThreadModule()
         if threading_helper is not support and hasattr(support, "_thread"):
@@ -253,13 +258,6 @@ def _runner_main(config_path):
 
         script_helper.run_python_until_end = patched_run_python_until_end
 
-        # xthread's watchdog thread (a daemon, started by the first time
-        # limit or stop, then kept for the life of the process) is started
-        # now: test.support's thread count then has it from the start, as
-        # it has the main thread, instead of blaming the first test that
-        # stops a task for a thread it left behind.
-        with xthread.time_limit(60):
-            pass
         checks["threads_before"] = sorted(
             t.name for t in threading.enumerate())
         if suite == "asyncio.to_thread":

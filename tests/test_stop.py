@@ -1069,10 +1069,12 @@ def test_outer_limit_shorter_than_inner(threads):
 
 
 def watchdog_thread():
-    found = [t for t in threading.enumerate()
-             if t.name == "xthread-watchdog"]
-    assert len(found) == 1, found
-    return found[0]
+    """The watchdog thread (ident), which runs while a limit is open, and
+    is never listed by threading."""
+    dog = xthread._stop._watchdog._thread
+    assert dog is not None, "no watchdog runs"
+    assert all(t.ident != dog[0] for t in threading.enumerate())
+    return types.SimpleNamespace(ident=dog[0])
 
 
 def test_earlier_limit_added_while_watchdog_waits_fires_on_time(threads):
@@ -1434,3 +1436,53 @@ def test_nested_limits_expiring_during_a_c_call_each_fire(threads):
     assert isinstance(caught.exc, TimeLimitExceeded), "the outer never fired"
     assert "0.3 s" in str(caught.exc)
     assert caught.ended_at - t0 < PROMPT
+
+
+# The watchdog: machinery, not a user's thread
+
+
+def test_watchdog_not_listed_and_ends_when_idle():
+    before = (threading.active_count(), sorted(
+        t.name for t in threading.enumerate()))
+    with xthread.time_limit(LONG):
+        assert xthread._stop._watchdog.running()
+        assert (threading.active_count(), sorted(
+            t.name for t in threading.enumerate())) == before
+    # No limit open: it ends after a short linger.
+    wait_until(lambda: not xthread._stop._watchdog.running(),
+               what="the idle watchdog to end")
+    # And the next limit starts another.
+    caught = Caught(reraise=False)
+    caught.call(limited_spin, 0.05, threading.Event(), PROMPT)
+    assert isinstance(caught.exc, TimeLimitExceeded)
+
+
+def nested_limits_entered_as_the_outer_fires(rounds):
+    fired = 0
+    for _ in range(rounds):
+        try:
+            with xthread.time_limit(0.001):
+                while True:
+                    # Entering an inner limit takes the watchdog's lock:
+                    # the outer one's exception often lands in there.
+                    with xthread.time_limit(60):
+                        pass
+        except TimeLimitExceeded:
+            fired += 1
+    return fired
+
+
+def test_nested_limits_never_leave_the_watchdog_lock_held(threads):
+    caught = Caught()
+    # Short switch intervals: the limits fire about a millisecond late, and
+    # the bug (the lock taken, then the outer limit's exception landing
+    # before the try that releases it) showed within 1,000 rounds.
+    with switch_interval(0.0002):
+        t = threads.start(caught.call,
+                          nested_limits_entered_as_the_outer_fires, 1000)
+        t.join(JOIN_TIMEOUT)
+    if t.is_alive():
+        t.kill(JOIN_TIMEOUT)
+        raise AssertionError("deadlocked in the watchdog's lock")
+    assert caught.wait() is None, caught.exc
+    assert caught.result == 1000

@@ -67,7 +67,9 @@ PARKED_WAITS = """
         assert time.monotonic() < deadline, "threads did not park"
         time.sleep(0.001)
     names = [t.name for t in threading.enumerate()]
-    assert names.count("xthread-watchdog") == 1, names
+    # The watchdog runs (a limit is open) but is not listed by threading.
+    assert xthread._stop._watchdog.running()
+    assert "xthread-watchdog" not in names, names
     print("parked", len(waits))
     sys.stdout.flush()
 """
@@ -176,16 +178,16 @@ FORK = """
         with xthread.time_limit(seconds):
             busy()
 
-    def watchdogs():
-        return [t for t in threading.enumerate()
-                if t.name == "xthread-watchdog"]
+    def watchdog():
+        # (ident, sentinel, generation, native id) of the running one.
+        return xthread._stop._watchdog._thread
 
     with xthread.time_limit(600):
-        (parent_dog,) = watchdogs()
+        parent_dog = watchdog()
         # Forked once the watchdog waits: a thread still being made is
         # inside the C library's allocator, which not every allocator
         # (AddressSanitizer's, among others) makes safe to fork around.
-        record = _xthread._find_record(parent_dog.ident)
+        record = _xthread._find_record(parent_dog[0])
         deadline = time.monotonic() + 30
         while not record.parked:
             assert time.monotonic() < deadline, "the watchdog never waited"
@@ -200,9 +202,10 @@ FORK = """
                 ok = False
             except xthread.TimeLimitExceeded:
                 pass
-            dogs = watchdogs()
-            ok = ok and len(dogs) == 1 and dogs[0].is_alive()
-            ok = ok and dogs[0] is not parent_dog
+            dog = watchdog()
+            ok = ok and dog is not None and dog[2] != parent_dog[2]
+            ok = ok and "xthread-watchdog" not in [
+                t.name for t in threading.enumerate()]
             try:
                 limited(0.05)
                 ok = False
@@ -266,9 +269,52 @@ def test_far_deadline_leaves_the_watchdog_working():
                 print("not fired", far)
             except xthread.TimeLimitExceeded:
                 print("fired")
-        names = [t.name for t in threading.enumerate()]
-        print("watchdogs", names.count("xthread-watchdog"))
+        print("watchdog running", xthread._stop._watchdog.running())
     """)
     assert_clean_exit(rc, out, err)
-    assert out == "fired\nfired\nfired\nwatchdogs 1\n", out + err
+    assert out == "fired\nfired\nfired\nwatchdog running True\n", out + err
     assert "Exception in thread" not in err, err
+
+
+NO_WATCHDOG_AFTER_LIMITS = """
+    import os, sys, threading, warnings, _thread
+    import xthread
+
+    warnings.simplefilter("error", DeprecationWarning)
+
+    before = (threading.active_count(), _thread._count(),
+              sorted(t.name for t in threading.enumerate()))
+    with xthread.time_limit(5):
+        during = (threading.active_count(), _thread._count(),
+                  sorted(t.name for t in threading.enumerate()))
+        assert xthread._stop._watchdog.running()
+    assert before == during, (before, during)
+    # No limit open: a fork gets no warning about threads (3.12+ warns
+    # when a multi-threaded process forks; -W error makes it fail).
+    pid = os.fork()
+    if pid == 0:
+        # The child's limits work.
+        try:
+            with xthread.time_limit(0.05):
+                while True:
+                    pass
+        except xthread.TimeLimitExceeded:
+            os._exit(0)
+        os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    # And the parent's still do.
+    try:
+        with xthread.time_limit(0.05):
+            while True:
+                pass
+    except xthread.TimeLimitExceeded:
+        print("parent fired")
+    print("ok")
+"""
+
+
+def test_watchdog_is_not_a_user_thread_and_never_blocks_a_fork():
+    rc, out, err = run_script(NO_WATCHDOG_AFTER_LIMITS)
+    assert_clean_exit(rc, out, err)
+    assert out.splitlines() == ["parent fired", "ok"]

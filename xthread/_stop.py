@@ -148,10 +148,35 @@ _SPIN_S = 0.0005
 _MAX_WAIT_S = 86400.0
 
 
+# An idle watchdog (no limit open) ends after this long, so that a process
+# that used a limit once does not keep a thread for good; a fork ends an
+# idle one at once (see _Watchdog._before_fork).
+_LINGER_S = 1.0
+
+_shield_enter = _xthread._shield_enter
+_shield_exit = _xthread._shield_exit
+
+
 class _Watchdog:
+    """One OS thread for every time limit (and the pool's timers), started
+    on demand and ended when idle. It is xthread's machinery, not the
+    user's thread: started with ``_xthread._start_joinable_thread``, not as
+    a ``threading.Thread``, so ``threading.enumerate()``,
+    ``active_count()`` and ``_thread._count()`` never list it; while it
+    runs an action of the pool's (which may log, or call future
+    callbacks), ``threading.current_thread()`` there is a placeholder
+    named ``xthread-watchdog``, listed for that moment only.
+
+    Every lock taken here is taken inside a shield: an exception sent to
+    the calling thread (an outer limit firing while an inner one is
+    entered) waits until the lock is released, instead of leaving it held
+    for good and every limit dead."""
+
     def __init__(self):
         self._reset()
-        _os.register_at_fork(after_in_child=self._reset)
+        self._placeholder = None
+        _os.register_at_fork(before=self._before_fork,
+                             after_in_child=self._after_fork_in_child)
 
     def _reset(self):
         # After fork the thread is gone and the locks may be held by it.
@@ -162,7 +187,10 @@ class _Watchdog:
         self._cancelled = 0
         self._wake_at = _math.inf
         self._seq = _itertools.count()
+        # (ident, sentinel, generation, native_id) of the running watchdog;
+        # set and cleared under the mutex.
         self._thread = None
+        self._stop = False
 
     def add(self, seconds, scope, action=None, ident=None,
             exception=None):
@@ -171,20 +199,29 @@ class _Watchdog:
             ident = _get_ident()
         item = [deadline, next(self._seq), ident, scope, seconds, action,
                 exception]
-        mutex = self._mutex
-        mutex.acquire()
+        _shield_enter()
         try:
-            _heappush(self._heap, item)
-            wake = deadline < self._wake_at
-            if wake:
-                self._wake_at = deadline
+            mutex = self._mutex
+            mutex.acquire()
+            try:
+                _heappush(self._heap, item)
+                wake = deadline < self._wake_at
+                if wake:
+                    self._wake_at = deadline
                 if self._thread is None:
-                    self._start()
+                    self._thread = self._start()
+                    wake = False
+            finally:
+                mutex.release()
         finally:
-            mutex.release()
+            _shield_exit()
         if wake:
             self._poke()
         return item
+
+    def running(self):
+        """Whether the watchdog thread runs now."""
+        return self._thread is not None
 
     def wake_until_landed(self, ident, scope, generation=0,
                           after=_WAKE_FIRST_S):
@@ -203,11 +240,15 @@ class _Watchdog:
         item[_IDENT] = None
         self._cancelled += 1
         if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
-            with self._mutex:
-                heap = [i for i in self._heap if i[_IDENT] is not None]
-                _heapq.heapify(heap)
-                self._heap = heap
-                self._cancelled = 0
+            _shield_enter()
+            try:
+                with self._mutex:
+                    heap = [i for i in self._heap if i[_IDENT] is not None]
+                    _heapq.heapify(heap)
+                    self._heap = heap
+                    self._cancelled = 0
+            finally:
+                _shield_exit()
 
     def _poke(self):
         try:
@@ -216,13 +257,21 @@ class _Watchdog:
             pass        # already awake
 
     def _start(self):
-        # Imported here: _thread imports this module.
-        from ._thread import Thread
-        self._thread = Thread(target=self._run, name="xthread-watchdog",
-                              daemon=True)
-        self._thread.start()
+        # Under the mutex. The new thread runs _run, which waits for the
+        # mutex first.
+        ident, sentinel, generation = _xthread._start_joinable_thread(
+            self._run, ())
+        return (ident, sentinel, generation,
+                _xthread._native_id(ident, generation))
+
+    def _live(self):
+        for item in self._heap:
+            if item[_IDENT] is not None:
+                return True
+        return False
 
     def _run(self):
+        idle_since = None
         while True:
             due = []
             with self._mutex:
@@ -237,6 +286,20 @@ class _Watchdog:
                         due.append(item)
                     else:
                         self._cancelled = max(0, self._cancelled - 1)
+                if due or self._live():
+                    idle_since = None
+                    self._stop = False      # a fork waits for nothing
+                elif self._stop or (idle_since is not None
+                                    and now - idle_since >= _LINGER_S):
+                    # No limit open: end. A later add() starts another.
+                    self._heap = []
+                    self._cancelled = 0
+                    self._wake_at = _math.inf
+                    self._thread = None
+                    self._stop = False
+                    return
+                elif idle_since is None:
+                    idle_since = now
                 self._wake_at = heap[0][_DEADLINE] if heap else _math.inf
                 wake_at = self._wake_at
             for item in due:
@@ -253,14 +316,12 @@ class _Watchdog:
                             and _SIGNAL_WAKES):
                         self.wake_until_landed(ident, item[_SCOPE])
                     continue
-                try:
-                    action()
-                except BaseException as exc:
-                    # Never lose the watchdog to one action.
-                    _report_unraisable(exc, action)
-                    exc = None
-            if wake_at == _math.inf:
-                self._wake.acquire()
+                self._call(action)
+            if idle_since is not None:
+                # Idle: wait for a new limit, at most until the linger ends.
+                self._wake.acquire(
+                    True, max(0.0, min(wake_at, idle_since + _LINGER_S)
+                              - _monotonic()))
                 continue
             # This thread needs the GIL to deliver, and a thread spinning
             # in Python gives it up only after the switch interval. So
@@ -280,6 +341,72 @@ class _Watchdog:
                 # Close enough: hold on to the GIL until the deadline.
                 while _monotonic() < wake_at:
                     pass
+
+    def _call(self, action):
+        # A pool's action may log or run future callbacks, which look up
+        # threading.current_thread(): answer with a placeholder for the
+        # call only, instead of letting threading make a _DummyThread that
+        # would stay listed.
+        import threading
+        placeholder = self._placeholder
+        if placeholder is None:
+            placeholder = self._placeholder = threading.Thread(
+                name="xthread-watchdog", daemon=True)
+        active = threading._active
+        ident = _get_ident()
+        active[ident] = placeholder
+        try:
+            action()
+        except BaseException as exc:
+            # Never lose the watchdog to one action.
+            _report_unraisable(exc, action)
+            exc = None
+        finally:
+            if active.get(ident) is placeholder:
+                del active[ident]
+
+    def _before_fork(self):
+        # With no limit open, end the watchdog before the fork, so that
+        # the process forks with no thread of xthread's (3.12+ warns when
+        # a multi-threaded process forks). With one open, it goes on, in
+        # the parent and (restarted) in the child.
+        _shield_enter()
+        try:
+            with self._mutex:
+                thread = self._thread
+                if thread is None or self._live():
+                    return
+                self._stop = True
+            self._poke()
+            ident, sentinel, generation, native_id = thread
+            deadline = _monotonic() + 1.0
+            while not sentinel._wait_released(True, 0.01):
+                if self._thread is thread and not self._stop:
+                    return      # a limit was opened meanwhile: it goes on
+                if _monotonic() > deadline:
+                    return
+            # Its thread state is gone; wait (briefly) until the OS thread
+            # is too, as the kernel counts it.
+            task = "/proc/self/task/%d" % native_id if native_id else None
+            while (task is not None and _os.path.exists(task)
+                   and _monotonic() < deadline):
+                _time.sleep(0.0001)
+        finally:
+            _shield_exit()
+
+    def _after_fork_in_child(self):
+        # Only the forking thread exists here: keep its limits (they go on
+        # firing in the child), drop the others', and start a watchdog
+        # for what is kept.
+        me = _get_ident()
+        kept = [item for item in self._heap
+                if item[_IDENT] == me]
+        self._reset()
+        if kept:
+            _heapq.heapify(kept)
+            self._heap = kept
+            self._wake_at = kept[0][_DEADLINE]
+            self._thread = self._start()
 
 
 def _report_unraisable(exc, obj):
