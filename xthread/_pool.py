@@ -21,6 +21,7 @@ import logging as _logging
 import os as _os
 import queue as _queue
 import re as _re
+import threading as _threading
 import time as _time
 import weakref as _weakref
 from concurrent.futures import _base
@@ -614,7 +615,7 @@ class ThreadPoolExecutor(_cft.ThreadPoolExecutor):
         self._threads = set()
         self._broken = False
         self._shutdown = False
-        self._shutdown_lock = _xthread.allocate_lock()
+        self._shutdown_lock = _threading.Lock()
         self._thread_name_prefix = (thread_name_prefix or
                                     "ThreadPoolExecutor-%d" % self._counter())
         self._xthread_initializer = initializer
