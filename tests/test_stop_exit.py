@@ -282,6 +282,14 @@ NO_WATCHDOG_AFTER_LIMITS = """
 
     warnings.simplefilter("error", DeprecationWarning)
 
+    def fires():
+        try:
+            with xthread.time_limit(0.05):
+                while True:
+                    pass
+        except xthread.TimeLimitExceeded:
+            return True
+
     before = (threading.active_count(), _thread._count(),
               sorted(t.name for t in threading.enumerate()))
     with xthread.time_limit(5):
@@ -294,21 +302,11 @@ NO_WATCHDOG_AFTER_LIMITS = """
     pid = os.fork()
     if pid == 0:
         # The child's limits work.
-        try:
-            with xthread.time_limit(0.05):
-                while True:
-                    pass
-        except xthread.TimeLimitExceeded:
-            os._exit(0)
-        os._exit(3)
+        os._exit(0 if fires() else 3)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, status
     # And the parent's still do.
-    try:
-        with xthread.time_limit(0.05):
-            while True:
-                pass
-    except xthread.TimeLimitExceeded:
+    if fires():
         print("parent fired")
     print("ok")
 """
