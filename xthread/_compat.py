@@ -23,6 +23,9 @@ Read and written:
   template argument and adds no ``(target)`` suffix; 3.10+ do.
 * ``_trace_hook`` / ``_profile_hook`` on 3.9 (3.10 added the public
   ``gettrace``/``getprofile``).
+* ``_dangling`` (a weak set of every Thread made): the time-limit
+  watchdog's placeholder ``threading.Thread`` (see ``_stop._Watchdog``) is
+  taken off it, so that leak checks that read it do not count it.
 * ``_register_atexit`` and ``_SHUTTING_DOWN``: joining non-daemon threads
   at the point stdlib joins its own (``threading._shutdown`` runs these
   callbacks before it joins, 3.9+), and refusing to start a thread once
