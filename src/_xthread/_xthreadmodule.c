@@ -1188,8 +1188,11 @@ lock_acquire_parse_args(PyObject *args, PyObject *kwds, long long *timeout_us)
     return 0;
 }
 
+/* acquire() and _wait_released(): with `let_go`, a lock taken is released
+ * again before the call returns. */
 static PyObject *
-lock_acquire(lockobject *self, PyObject *args, PyObject *kwds)
+lock_acquire_impl(lockobject *self, PyObject *args, PyObject *kwds,
+                  int let_go)
 {
     long long timeout_us;
     if (lock_acquire_parse_args(args, kwds, &timeout_us) < 0) {
@@ -1198,6 +1201,9 @@ lock_acquire(lockobject *self, PyObject *args, PyObject *kwds)
     xthread_state *state = PyType_GetModuleState(Py_TYPE(self));
     switch (lock_core_acquire(state, self->core, timeout_us)) {
     case WAIT_DONE:
+        if (let_go) {
+            lock_core_release(self->core);
+        }
         Py_RETURN_TRUE;
     case WAIT_TIMEOUT:
         Py_RETURN_FALSE;
@@ -1206,6 +1212,12 @@ lock_acquire(lockobject *self, PyObject *args, PyObject *kwds)
     default:
         return NULL;
     }
+}
+
+static PyObject *
+lock_acquire(lockobject *self, PyObject *args, PyObject *kwds)
+{
+    return lock_acquire_impl(self, args, kwds, 0);
 }
 
 PyDoc_STRVAR(lock_acquire_doc,
@@ -1224,22 +1236,7 @@ PyDoc_STRVAR(lock_acquire_doc,
 static PyObject *
 lock_wait_released(lockobject *self, PyObject *args, PyObject *kwds)
 {
-    long long timeout_us;
-    if (lock_acquire_parse_args(args, kwds, &timeout_us) < 0) {
-        return NULL;
-    }
-    xthread_state *state = PyType_GetModuleState(Py_TYPE(self));
-    switch (lock_core_acquire(state, self->core, timeout_us)) {
-    case WAIT_DONE:
-        lock_core_release(self->core);
-        Py_RETURN_TRUE;
-    case WAIT_TIMEOUT:
-        Py_RETURN_FALSE;
-    case WAIT_INTERRUPTED:
-        return raise_outstanding(current_record(state));
-    default:
-        return NULL;
-    }
+    return lock_acquire_impl(self, args, kwds, 1);
 }
 
 PyDoc_STRVAR(lock_wait_released_doc,
