@@ -24,7 +24,8 @@ import pytest
 import _xthread
 import xthread
 from xthread import ThreadKilled, TimeLimitExceeded
-from helpers import JOIN_TIMEOUT, join_or_fail, switch_interval
+from helpers import (JOIN_TIMEOUT, assert_clean_exit, join_or_fail, run_script,
+                     switch_interval)
 
 #: "At once": far above any real latency, far below the wait interrupted.
 PROMPT = 5.0
@@ -1442,19 +1443,28 @@ def test_nested_limits_expiring_during_a_c_call_each_fire(threads):
 
 
 def test_watchdog_not_listed_and_ends_when_idle():
-    before = (threading.active_count(), sorted(
-        t.name for t in threading.enumerate()))
-    with xthread.time_limit(LONG):
-        assert xthread._stop._watchdog.running()
-        assert (threading.active_count(), sorted(
-            t.name for t in threading.enumerate())) == before
-    # No limit open: it ends after a short linger.
-    wait_until(lambda: not xthread._stop._watchdog.running(),
-               what="the idle watchdog to end")
-    # And the next limit starts another.
-    caught = Caught(reraise=False)
-    caught.call(limited_spin, 0.05, threading.Event(), PROMPT)
-    assert isinstance(caught.exc, TimeLimitExceeded)
+    # In a fresh process: here, limits of other tests may still be open.
+    rc, out, err = run_script("""
+        import threading, time
+        import xthread
+        dog = xthread._stop._watchdog
+        before = sorted(t.name for t in threading.enumerate())
+        with xthread.time_limit(3600):
+            assert dog.running()
+            assert sorted(t.name for t in threading.enumerate()) == before
+        deadline = time.monotonic() + 20
+        while dog.running() and time.monotonic() < deadline:
+            xthread.sleep(0.01)
+        print("ended", not dog.running())
+        try:
+            with xthread.time_limit(0.05):
+                while True:
+                    pass
+        except xthread.TimeLimitExceeded:
+            print("next limit fired")
+    """)
+    assert_clean_exit(rc, out, err)
+    assert out == "ended True\nnext limit fired\n", out + err
 
 
 def nested_limits_entered_as_the_outer_fires(rounds):
