@@ -270,6 +270,55 @@ def test_kill_gives_up_after_attempts(threads):
     assert len(caught) == 4
 
 
+def test_kill_overdue_copy_never_lands_inside_the_landing_code():
+    # kill() sends an armed exception, then a plain copy once the first is
+    # overdue. The thread decides where to land by running xthread's own
+    # Python code; made slow here (it lets the GIL go), the plain copy used
+    # to land inside that code: reported as unraisable there, and the
+    # thread got SystemError('no exception was sent') instead of the stop
+    # (seen under CPU load on 3.12+).
+    rc, out, err = run_script("""
+        import sys, threading, time
+        import xthread, xthread._landing as landing
+
+        unraisable = []
+        sys.unraisablehook = lambda args: unraisable.append(
+            repr(args.exc_value))
+        calls = [0]
+
+        def slow(real):
+            def wrapper(*args):
+                calls[0] += 1
+                if calls[0] <= 3:
+                    time.sleep(0.1)     # kill re-sends meanwhile
+                return real(*args)
+            return wrapper
+
+        landing.verdict = slow(landing.verdict)
+        landing.table = slow(landing.table)
+        caught = []
+        started = threading.Event()
+
+        def work():
+            try:
+                started.set()
+                n = 0
+                while True:
+                    n += 1
+            except BaseException as exc:
+                caught.append(type(exc).__name__)
+
+        t = xthread.Thread(target=work)
+        t.start()
+        assert started.wait(30)
+        result = t.kill(timeout=30, interval=0.02, attempts=100)
+        t.join(30)
+        print(bool(result), caught, unraisable)
+    """)
+    assert_clean_exit(rc, out, err)
+    assert out.split("\n")[0] == "True ['ThreadKilled'] []", (out, err)
+
+
 def test_kill_report_of_a_python_loop_is_not_a_c_call(threads):
     # A thread that swallows every ThreadKilled runs Python all along: the
     # report must not say it is stuck in a C call, wherever its frame

@@ -214,6 +214,12 @@ typedef struct recordobject {
      * Not otherwise: on 3.11 clearing signals every thread's eval breaker,
      * and nothing unsignals it until the next real async exception. */
     int plain;
+    /* The thread runs the landing's own Python code (the verdict, a
+     * trace table) for the outstanding exception. No plain copy is sent
+     * meanwhile (wake_thread, kill's fallback): it would land inside that
+     * code and be lost there. The thread runs bytecode, so the armed
+     * delivery reaches it anyway. */
+    int judging;
     PyObject *armed_objs;
     /* The last exception went by plain delivery on a version where a
      * frame's handlers may then be skipped. */
@@ -362,6 +368,7 @@ record_new(xthread_state *state, unsigned long long generation)
     rec->nscopes = rec->scopes_cap = 0;
     rec->sent_at_us = rec->landed_at_us = 0;
     rec->armed = 0;
+    rec->judging = 0;
     rec->land_next = 0;
     rec->plain = 0;
     rec->armed_objs = NULL;
@@ -2322,7 +2329,8 @@ current_record_if_any(xthread_state *state)
 /* Whether to raise now, the target thread being at `offset` (bytes) of
  * `code`: asks xthread._landing.verdict, which may also say "at the next
  * instruction" (noted in rec->land_next). 1 when it cannot tell (errors
- * are reported). */
+ * are reported); -1, with it set, when the outstanding exception landed
+ * inside the verdict itself. */
 #define VERDICT_LAND 1
 #define VERDICT_NEXT 2
 
@@ -2330,11 +2338,19 @@ static int
 landing_here(xthread_state *state, recordobject *rec, PyObject *code,
              PyObject *offset)
 {
+    rec->judging++;
     PyObject *res = PyObject_CallFunctionObjArgs(
         state->landing_verdict, code, offset,
         rec->land_next ? Py_True : Py_False, NULL);
+    rec->judging--;
     long verdict = res != NULL ? PyLong_AsLong(res) : -1;
     Py_XDECREF(res);
+    if (rec->outstanding == NULL) {
+        /* Landed during the verdict after all (a plain copy sent before
+         * it began): what it raised is that exception, which goes on
+         * from here; or withdrawn: nothing to raise. */
+        return verdict == -1 && PyErr_Occurred() ? -1 : 0;
+    }
     if (verdict == -1 && PyErr_Occurred()) {
         PyErr_WriteUnraisable(state->landing_verdict);
         return 1;
@@ -2653,8 +2669,16 @@ landing_trace(PyObject *obj, PyFrameObject *frame, int what,
                                                    "__aexit__") != 0;
     }
     else if (what == PyTrace_OPCODE) {
+        rec->judging++;
         PyObject *map = trace_map(state, (PyObject *)code, 0);
+        rec->judging--;
         Py_ssize_t unit = xthread_frame_lasti(frame) / 2;
+        if (rec->outstanding == NULL) {
+            /* Landed inside the table's code (a plain copy sent before
+             * it began): its exception, if set, goes on from here. */
+            Py_DECREF(code);
+            return map == NULL && PyErr_Occurred() ? -1 : 0;
+        }
         if (map == NULL || unit < 0 || unit >= PyBytes_GET_SIZE(map)) {
             PyErr_Clear();
             land = 1;       /* cannot tell */
@@ -2850,10 +2874,12 @@ landing_on_instruction(PyObject *module, PyObject *const *args,
         PyThreadState_SetAsyncExc(rec->ident, NULL);
         rec->plain = 0;
     }
-    if (!landing_here(state, rec, args[0], args[1])) {
-        Py_RETURN_NONE;
-    }
-    return raise_outstanding(rec);
+    Py_INCREF(rec);
+    int here = landing_here(state, rec, args[0], args[1]);
+    PyObject *res = here < 0 ? NULL
+                    : here > 0 ? raise_outstanding(rec) : Py_NewRef(Py_None);
+    Py_DECREF(rec);
+    return res;
 }
 
 static PyObject *
@@ -3209,7 +3235,7 @@ wake_thread(xthread_state *state, unsigned long ident, recordobject *rec)
         return 0;
     }
     if (rec != NULL && (rec->outstanding == NULL || rec->parked
-                        || rec->shield_depth > 0)) {
+                        || rec->shield_depth > 0 || rec->judging)) {
         return 0;
     }
     int sig = wake_signal_ready();
@@ -3410,7 +3436,8 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
                 PyErr_WriteUnraisable(instance);
             }
             record_arm_settle(state, rec);
-            if (rec->armed && !rec->plain && rec->outstanding != NULL
+            if (rec->armed && !rec->plain && !rec->judging
+                && rec->outstanding != NULL
                 && monotonic_us() - rec->sent_at_us >= PLAIN_AFTER_US) {
                 PyObject *plain = make_carrier(rec->outstanding, rec,
                                                rec->outstanding_token);
