@@ -439,3 +439,85 @@ def test_multiprocessing_fork_inside_thread(thread_cls):
     assert name == "forker"
     assert is_main is True
     assert pid != os.getpid()
+
+
+# Fork while other threads are inside xthread's C code
+
+
+def test_fork_while_threads_wait_on_locks_leaves_the_locks_usable():
+    # Threads in timed, contended acquires take each lock's internal mutex
+    # without the GIL; a fork at that moment used to give the child that
+    # mutex held by a thread it does not have, and the child's next
+    # release() or contended acquire() of the lock hung for good.
+    locks = [xthread.Lock() for _ in range(4)]
+    stop = threading.Event()
+
+    def contend(i):
+        lock = locks[i % len(locks)]
+        while not stop.is_set():
+            if lock.acquire(timeout=0.001):
+                lock.release()
+
+    threads = [xthread.Thread(target=contend, args=(i,), daemon=True)
+               for i in range(24)]
+    for t in threads:
+        t.start()
+
+    def check():
+        for lock in locks:
+            if lock.locked():           # held by a thread that is gone
+                lock.release()
+            assert lock.acquire(timeout=JOIN_TIMEOUT)
+            waiter = xthread.Thread(target=lock.acquire,
+                                    kwargs={"timeout": 0.05})
+            waiter.start()              # a contended acquire, timing out
+            waiter.join(JOIN_TIMEOUT)
+            assert not waiter.is_alive()
+            lock.release()
+        start_and_join_in_child(xthread.Thread)
+
+    try:
+        for _ in range(15):
+            pid, r = fork_and_check(check)
+            assert_child_ok(pid, r)
+    finally:
+        stop.set()
+        for t in threads:
+            join_or_fail(t)
+
+
+def test_child_delivers_to_new_threads_that_reuse_parent_idents():
+    # glibc gives the child's new threads the stacks (and so the idents) of
+    # the parent's threads, which xthread knew by their records: the child
+    # used to deliver to those stale records, and the exception was lost.
+    with contextlib.ExitStack() as stack:
+        parked = [stack.enter_context(Parked(xthread.Thread))
+                  for _ in range(6)]
+        idents = {t.ident for t in parked}
+
+        def check():
+            reused = 0
+            for _ in range(len(idents) + 2):
+                caught = []
+                ready = threading.Event()
+
+                def spin():
+                    try:
+                        ready.set()
+                        while True:
+                            time.sleep(0.001)
+                    except ValueError as exc:
+                        caught.append(exc)
+
+                t = threading.Thread(target=spin)
+                t.start()
+                assert ready.wait(JOIN_TIMEOUT)
+                reused += t.ident in idents
+                assert xthread.raise_in_thread(t.ident, ValueError)
+                t.join(JOIN_TIMEOUT)
+                assert not t.is_alive(), "the exception was lost"
+                assert len(caught) == 1
+            assert reused, "no ident was reused: the check proves nothing"
+
+        pid, r = fork_and_check(check)
+        assert_child_ok(pid, r)

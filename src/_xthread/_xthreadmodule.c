@@ -88,6 +88,7 @@ typedef struct reg_entry {
  * entries as chains. */
 typedef struct xthread_registry {
     PyThread_type_lock mutex;
+    atomic_int pid;             /* the process the mutex is for */
     reg_entry **chains;
     size_t nchains;             /* a power of two */
     size_t count;
@@ -226,6 +227,76 @@ typedef struct recordobject {
     int unguarded;
 } recordobject;
 
+// Fork
+
+/* The process's id, kept by a fork handler. A mutex taken without the
+ * GIL (the registry's, a lock's) may be held at fork() by a thread that
+ * does not exist in the child: each remembers the process it was made for,
+ * and the first use in another process gives it a fresh one (the old one
+ * is leaked, as CPython's _PyThread_at_fork_reinit does). */
+static atomic_int xthread_pid;
+static unsigned long xthread_forked_by;     /* the only thread in a child */
+
+static void
+xthread_pid_after_fork(void)
+{
+    xthread_forked_by = PyThread_get_thread_ident();
+    atomic_store(&xthread_pid, (int)getpid());
+}
+
+static void
+xthread_pid_init(void)
+{
+    atomic_store(&xthread_pid, (int)getpid());
+    (void)pthread_atfork(NULL, NULL, xthread_pid_after_fork);
+}
+
+static inline int
+current_pid(void)
+{
+    return atomic_load(&xthread_pid);
+}
+
+#define PID_RENEWING (-1)
+
+/* Returns `*mutex`, first made anew if it was made in another process
+ * (`*pid` tells): then `renew(arg)` runs too, with the new mutex not yet
+ * published, for what else the parent's threads left behind. Safe
+ * without the GIL: one caller renews, any other waits for it. */
+static PyThread_type_lock
+fork_safe_mutex(PyThread_type_lock *mutex, atomic_int *pid,
+                void (*renew)(void *), void *arg)
+{
+    int now = current_pid();
+    int seen = atomic_load(pid);
+    while (seen != now) {
+        if (seen != PID_RENEWING
+            && atomic_compare_exchange_weak(pid, &seen, PID_RENEWING)) {
+            PyThread_type_lock fresh = PyThread_allocate_lock();
+            if (fresh != NULL) {
+                *mutex = fresh;     /* else keep the old one: no better */
+            }
+            if (renew != NULL) {
+                renew(arg);
+            }
+            atomic_store(pid, now);
+            break;
+        }
+        sched_yield();
+        seen = atomic_load(pid);
+    }
+    return *mutex;
+}
+
+static void registry_drop_stale(void *reg);
+
+static inline PyThread_type_lock
+registry_mutex(struct xthread_registry *reg)
+{
+    return fork_safe_mutex(&reg->mutex, &reg->pid, registry_drop_stale,
+                           reg);
+}
+
 /* Idents are addresses of thread control blocks, aligned and a stack
  * apart: mix the high bits in. */
 static inline size_t
@@ -279,8 +350,8 @@ registry_grow(xthread_registry *reg)
 static void
 registry_link(xthread_registry *reg, reg_entry *e)
 {
-    e->pid = getpid();
-    PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
+    e->pid = current_pid();
+    PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
     if (reg->count >= 2 * reg->nchains) {
         registry_grow(reg);
     }
@@ -290,14 +361,10 @@ registry_link(xthread_registry *reg, reg_entry *e)
     PyThread_release_lock(reg->mutex);
 }
 
+/* With the mutex held (or while it is renewed). */
 static void
-registry_unlink(reg_entry *e)
+registry_remove(xthread_registry *reg, reg_entry *e)
 {
-    xthread_registry *reg = e->registry;
-    if (reg == NULL) {
-        return;
-    }
-    PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
     if (e->prev != NULL) {
         e->prev->next = e->next;
     }
@@ -310,7 +377,43 @@ registry_unlink(reg_entry *e)
     e->prev = e->next = NULL;
     e->registry = NULL;
     reg->count--;
+}
+
+static void
+registry_unlink(reg_entry *e)
+{
+    xthread_registry *reg = e->registry;
+    if (reg == NULL) {
+        return;
+    }
+    PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
+    registry_remove(reg, e);
     PyThread_release_lock(reg->mutex);
+}
+
+/* In a child process, first thing: the entries of the parent's threads
+ * go (none of them exists here, and a new thread may get one's ident);
+ * the forking thread's stay, now of this process. Their memory is left
+ * alone: a record frees its own later, a bootstate's is leaked. */
+static void
+registry_drop_stale(void *arg)
+{
+    xthread_registry *reg = arg;
+    unsigned long me = xthread_forked_by;
+    int now = current_pid();
+    for (size_t i = 0; i < reg->nchains; i++) {
+        reg_entry *e = reg->chains[i];
+        while (e != NULL) {
+            reg_entry *next = e->next;
+            if (e->ident == me) {
+                e->pid = now;
+            }
+            else {
+                registry_remove(reg, e);
+            }
+            e = next;
+        }
+    }
 }
 
 /* The entry of the live thread with this ident, or NULL (borrowed; valid
@@ -321,7 +424,7 @@ static reg_entry *
 registry_find(xthread_registry *reg, unsigned long ident)
 {
     reg_entry *found = NULL;
-    PyThread_acquire_lock(reg->mutex, WAIT_LOCK);
+    PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
     for (reg_entry *e = reg->chains[registry_chain(reg, ident)]; e != NULL;
          e = e->next) {
         if (e->ident == ident) {
@@ -795,6 +898,7 @@ typedef struct waiter {
 
 typedef struct {
     PyThread_type_lock mutex;
+    atomic_int pid;             /* the process the mutex is for */
     atomic_int locked;
     atomic_int ends_with_thread;
     waiter *head;
@@ -814,6 +918,7 @@ lock_core_new(void)
         PyMem_RawFree(core);
         return NULL;
     }
+    atomic_init(&core->pid, current_pid());
     atomic_init(&core->locked, 0);
     atomic_init(&core->ends_with_thread, 0);
     core->head = core->tail = NULL;
@@ -835,6 +940,24 @@ lock_core_decref(lock_core *core)
         PyThread_free_lock(core->mutex);
         PyMem_RawFree(core);
     }
+}
+
+/* In a child process: the waiters queued in the parent are threads that
+ * do not exist here. The lock stays as it was (held, if it was), as a
+ * stdlib lock does. */
+static void
+lock_core_drop_waiters(void *arg)
+{
+    lock_core *core = arg;
+    core->head = core->tail = NULL;
+}
+
+/* The core's mutex; see fork_safe_mutex. */
+static inline PyThread_type_lock
+lock_core_mutex(lock_core *core)
+{
+    return fork_safe_mutex(&core->mutex, &core->pid, lock_core_drop_waiters,
+                           core);
 }
 
 /* Takes the lock if it is free; never blocks. While the lock is held only
@@ -872,7 +995,7 @@ static int
 lock_core_release(lock_core *core)
 {
     int rc = 0;
-    PyThread_acquire_lock(core->mutex, WAIT_LOCK);
+    PyThread_acquire_lock(lock_core_mutex(core), WAIT_LOCK);
     if (atomic_load(&core->locked)) {
         lock_core_pass_on(core);
     }
@@ -915,7 +1038,7 @@ static int
 lock_core_enqueue(lock_core *core, waiter *w)
 {
     int taken = 0;
-    PyThread_acquire_lock(core->mutex, WAIT_LOCK);
+    PyThread_acquire_lock(lock_core_mutex(core), WAIT_LOCK);
     if (lock_core_try(core)) {
         taken = 1;
     }
@@ -943,7 +1066,7 @@ park_on_core(lock_core *core, waiter *w, long long timeout_us)
     PyLockStatus r;
     Py_BEGIN_ALLOW_THREADS
     r = sem_wait_for(w->rec->park, &w->rec->park_posted, timeout_us, 1);
-    PyThread_acquire_lock(core->mutex, WAIT_LOCK);
+    PyThread_acquire_lock(lock_core_mutex(core), WAIT_LOCK);
     if (!w->granted) {
         lock_core_remove_waiter(core, w);
     }
@@ -1298,6 +1421,7 @@ lock_at_fork_reinit(lockobject *self, PyObject *Py_UNUSED(ignored))
         return PyErr_NoMemory();
     }
     self->core->mutex = fresh;
+    atomic_store(&self->core->pid, current_pid());
     self->core->head = self->core->tail = NULL;
     atomic_store(&self->core->locked, 0);
     Py_RETURN_NONE;
@@ -1512,7 +1636,7 @@ current_boot_entry(xthread_state *state)
 static atomic_long *
 xthread_count_ref(xthread_state *state)
 {
-    pid_t pid = getpid();
+    pid_t pid = current_pid();
     if (state->pid != pid) {
         state->pid = pid;
         atomic_store(&state->count, current_boot != NULL ? 1 : 0);
@@ -1549,7 +1673,7 @@ bootstate_release_sentinels(bootstate *boot)
 {
     for (Py_ssize_t i = 0; i < boot->nsentinels; i++) {
         lock_core *core = boot->sentinels[i];
-        PyThread_acquire_lock(core->mutex, WAIT_LOCK);
+        PyThread_acquire_lock(lock_core_mutex(core), WAIT_LOCK);
         if (atomic_load(&core->locked)) {
             lock_core_pass_on(core);
         }
@@ -3645,7 +3769,7 @@ xthread_native_id(PyObject *module, PyObject *args, PyObject *kwds)
             || (generation != 0 && entry->generation != generation)) {
             Py_RETURN_NONE;
         }
-        if (entry->pid != getpid()) {
+        if (entry->pid != current_pid()) {
             /* Linked before a fork(): in this child, its thread is gone,
              * unless it is the one that forked. */
             if (entry == current_boot_entry(state)) {
@@ -4241,8 +4365,10 @@ static int
 xthread_exec(PyObject *module)
 {
     xthread_state *state = get_xthread_state(module);
+    static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+    (void)pthread_once(&pid_once, xthread_pid_init);
     atomic_init(&state->count, 0);
-    state->pid = getpid();
+    state->pid = current_pid();
     state->next_generation = 0;
     state->next_token = 0;
     state->landing_verdict = NULL;
@@ -4268,6 +4394,7 @@ xthread_exec(PyObject *module)
     state->registry.chains = PyMem_RawCalloc(REGISTRY_MIN_CHAINS,
                                              sizeof(reg_entry *));
     state->registry.mutex = PyThread_allocate_lock();
+    atomic_init(&state->registry.pid, current_pid());
     if (state->registry.chains == NULL || state->registry.mutex == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -4388,7 +4515,7 @@ xthread_free(void *module)
      * registry: detach them before its mutex goes. */
     xthread_state *state = get_xthread_state((PyObject *)module);
     if (state->registry.mutex != NULL) {
-        PyThread_acquire_lock(state->registry.mutex, WAIT_LOCK);
+        PyThread_acquire_lock(registry_mutex(&state->registry), WAIT_LOCK);
         for (size_t i = 0;
              state->registry.chains != NULL && i < state->registry.nchains;
              i++) {
