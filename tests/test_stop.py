@@ -1545,3 +1545,45 @@ def test_nested_limits_never_leave_the_watchdog_lock_held(threads):
         raise AssertionError("deadlocked in the watchdog's lock")
     assert caught.wait() is None, caught.exc
     assert caught.result == 1000
+
+
+class _UsesXthreadWhenFreed:
+    def __del__(self):
+        with xthread.shield():      # makes the thread's record, if none
+            pass
+
+
+@pytest.mark.parametrize("cls", [threading.Thread, xthread.Thread])
+def test_record_made_while_a_thread_ends_does_not_take_later_deliveries(cls):
+    # A threading.local value freed as its thread's state is cleared made
+    # a record for that thread that was never freed; a later thread with
+    # the same ident (the usual case: its stack is reused) then lost what
+    # was sent to it (3.12).
+    local = threading.local()
+    lost = 0
+    for _ in range(5):
+        t = cls(target=lambda: setattr(local, "value",
+                                       _UsesXthreadWhenFreed()))
+        t.start()
+        join_or_fail(t)
+        caught = []
+        ready = threading.Event()
+
+        def sleeper():
+            try:
+                ready.set()
+                while True:
+                    time.sleep(0.001)
+            except ValueError as exc:
+                caught.append(exc)
+
+        later = threading.Thread(target=sleeper)
+        later.start()
+        assert ready.wait(JOIN_TIMEOUT)
+        assert xthread.raise_in_thread(later.ident, ValueError)
+        later.join(JOIN_TIMEOUT / 10)
+        if later.is_alive():
+            lost += 1
+            xthread.raise_in_thread(later.ident, ValueError)
+            join_or_fail(later)
+    assert lost == 0

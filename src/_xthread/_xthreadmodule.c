@@ -73,6 +73,9 @@ typedef struct reg_entry {
     unsigned long ident;
     atomic_ulong native_id;
     pid_t pid;                          /* the process it was linked in */
+    /* A record's own entry: the id of the thread state it was made in
+     * (0 in a bootstate's entry, which leaves with its thread). */
+    uint64_t tstate_id;
     unsigned long long generation;
     struct recordobject *record;
     int start_shield;
@@ -444,6 +447,7 @@ entry_init(reg_entry *e, unsigned long long generation)
     e->ident = 0;
     atomic_init(&e->native_id, 0);
     e->pid = 0;
+    e->tstate_id = 0;
     e->generation = generation;
     e->record = NULL;
     e->start_shield = 0;
@@ -727,6 +731,7 @@ record_install(xthread_state *state, recordobject *rec)
     rec->own.ident = rec->ident;
     atomic_store(&rec->own.native_id, PyThread_get_thread_native_id());
     rec->own.record = rec;
+    rec->own.tstate_id = PyThreadState_GetID(PyThreadState_Get());
     registry_link(&state->registry, &rec->own);
     int rc = PyDict_SetItem(tdict, state->record_key, capsule);
     Py_DECREF(capsule);     /* on failure this unlinks and drops rec */
@@ -2429,6 +2434,28 @@ find_tstate(unsigned long ident)
     return NULL;
 }
 
+/* registry_find, but first dropping an entry whose thread has ended. A
+ * thread that is not _xthread's gets its record on first use, owned by its
+ * thread-state dict; one made while that dict was being cleared (by a
+ * __del__ run then, a threading.local value's) is never freed, and its
+ * entry would take deliveries meant for a later thread with the same
+ * ident. GIL held. */
+static reg_entry *
+registry_find_live(xthread_state *state, unsigned long ident)
+{
+    for (;;) {
+        reg_entry *e = registry_find(&state->registry, ident);
+        if (e == NULL || e->tstate_id == 0) {
+            return e;
+        }
+        PyThreadState *t = find_tstate(ident);
+        if (t != NULL && PyThreadState_GetID(t) == e->tstate_id) {
+            return e;
+        }
+        registry_unlink(e);
+    }
+}
+
 /* The calling thread's record if it has one (borrowed), else NULL; never
  * makes one and never fails. */
 static recordobject *
@@ -3508,7 +3535,7 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
     landing_load(state);
     PyObject *result = NULL, *carrier = NULL;
     recordobject *rec = NULL;
-    reg_entry *entry = registry_find(&state->registry, ident);
+    reg_entry *entry = registry_find_live(state, ident);
     if (entry != NULL) {
         rec = entry_record(state, entry);
         if (rec == NULL) {
@@ -3524,7 +3551,7 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
     /* From here to set_async no Python code runs: the checks and the
      * delivery are one step under the GIL. The thread found first has a
      * record now, so the same thread is found with the same record. */
-    entry = registry_find(&state->registry, ident);
+    entry = registry_find_live(state, ident);
     if (rec != (entry != NULL ? entry->record : NULL)
         || (generation != 0 && (rec == NULL || rec->generation != generation))
         || (scope != 0 && (rec == NULL || !record_in_scope(rec, scope)))) {
@@ -3645,7 +3672,7 @@ xthread_nudge(PyObject *module, PyObject *args, PyObject *kwds)
     if (parse_ident(ident_obj, &ident) < 0) {
         return NULL;
     }
-    reg_entry *entry = registry_find(&state->registry, ident);
+    reg_entry *entry = registry_find_live(state, ident);
     recordobject *rec = entry != NULL ? entry->record : NULL;
     if (rec == NULL || rec->outstanding == NULL
         || (generation != 0 && rec->generation != generation)
@@ -3735,7 +3762,7 @@ xthread_find_record(PyObject *module, PyObject *ident_obj)
         return NULL;
     }
     xthread_state *state = get_xthread_state(module);
-    reg_entry *entry = registry_find(&state->registry, ident);
+    reg_entry *entry = registry_find_live(state, ident);
     if (entry == NULL) {
         Py_RETURN_NONE;
     }
@@ -3764,7 +3791,7 @@ xthread_native_id(PyObject *module, PyObject *args, PyObject *kwds)
     }
     xthread_state *state = get_xthread_state(module);
     for (;;) {
-        reg_entry *entry = registry_find(&state->registry, ident);
+        reg_entry *entry = registry_find_live(state, ident);
         if (entry == NULL
             || (generation != 0 && entry->generation != generation)) {
             Py_RETURN_NONE;
