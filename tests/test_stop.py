@@ -1587,3 +1587,38 @@ def test_record_made_while_a_thread_ends_does_not_take_later_deliveries(cls):
             xthread.raise_in_thread(later.ident, ValueError)
             join_or_fail(later)
     assert lost == 0
+
+
+def test_thread_ending_while_its_record_is_made_is_not_written_to():
+    # Up to 3.11 a collection runs at an allocation: making a record for
+    # another thread could run finalizers that let the GIL go, and that
+    # thread could end (its bookkeeping freed) before the record was
+    # stored there: a use after free (seen with AddressSanitizer).
+    rc, out, err = run_script("""
+        import gc, sys, threading
+        import _xthread, xthread
+
+        go = threading.Event()
+        t = xthread.Thread(target=go.wait, args=(30,))
+        t.start()
+        ident = t.ident
+
+        class Finalizer:
+            def __del__(self):
+                go.set()
+                t.join(30)      # lets the GIL go; the thread ends
+
+        find = _xthread._find_record
+        gc.disable()
+        a = Finalizer(); b = [a]; a.cycle = b; del a, b
+        gc.set_threshold(1)
+        gc.enable()
+        record = find(ident)
+        gc.set_threshold(700)
+        print(not t.is_alive(), record is None)
+    """)
+    assert_clean_exit(rc, out, err)
+    ended, no_record = out.split()
+    assert ended == "True"
+    if sys.version_info < (3, 12):
+        assert no_record == "True", "a record for a thread that has ended"

@@ -689,17 +689,36 @@ record_capsule_destructor(PyObject *capsule)
     Py_DECREF(rec);
 }
 
+static reg_entry *registry_find_live(xthread_state *state,
+                                     unsigned long ident);
+
 /* The record of the thread that `e` names, made now if it has none
- * (borrowed reference), or NULL with MemoryError set. GIL held. */
+ * (borrowed reference); NULL with MemoryError set, or NULL with no error
+ * when that thread ended while the record was made. GIL held. */
 static recordobject *
 entry_record(xthread_state *state, reg_entry *e)
 {
     if (e->record == NULL) {
-        recordobject *rec = record_new(state, e->generation);
+        unsigned long ident = e->ident;
+        unsigned long long generation = e->generation;
+        recordobject *rec = record_new(state, generation);
         if (rec == NULL) {
             return NULL;
         }
-        rec->ident = e->ident;
+        /* The allocation may have run a collection whose finalizers let
+         * the GIL go: another thread's entry may be gone now, and its
+         * memory freed (or reused). Trust it only if it is still linked
+         * under the same ident and generation. */
+        reg_entry *again = registry_find_live(state, ident);
+        if (again != e || again->generation != generation) {
+            Py_DECREF(rec);
+            return NULL;
+        }
+        if (e->record != NULL) {
+            Py_DECREF(rec);     /* made meanwhile, by another thread */
+            return e->record;
+        }
+        rec->ident = ident;
         rec->shield_depth = e->start_shield;
         e->record = rec;
     }
@@ -745,7 +764,11 @@ current_record(xthread_state *state)
 {
     reg_entry *boot_entry = current_boot_entry(state);
     if (boot_entry != NULL) {
-        return entry_record(state, boot_entry);
+        recordobject *rec = entry_record(state, boot_entry);
+        if (rec == NULL && !PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "the thread has ended");
+        }
+        return rec;
     }
     PyObject *tdict = PyThreadState_GetDict();
     if (tdict != NULL) {
@@ -3538,10 +3561,10 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
     reg_entry *entry = registry_find_live(state, ident);
     if (entry != NULL) {
         rec = entry_record(state, entry);
-        if (rec == NULL) {
+        if (rec == NULL && PyErr_Occurred()) {
             goto done;
         }
-        Py_INCREF(rec);
+        Py_XINCREF(rec);    /* NULL: the thread ended meanwhile */
     }
     unsigned long long token = ++state->next_token;
     carrier = make_carrier(instance, rec, token);
@@ -3766,7 +3789,11 @@ xthread_find_record(PyObject *module, PyObject *ident_obj)
     if (entry == NULL) {
         Py_RETURN_NONE;
     }
-    return Py_XNewRef((PyObject *)entry_record(state, entry));
+    recordobject *rec = entry_record(state, entry);
+    if (rec == NULL && !PyErr_Occurred()) {
+        Py_RETURN_NONE;     /* ended meanwhile */
+    }
+    return Py_XNewRef((PyObject *)rec);
 }
 
 /* The OS id of a thread that xthread knows, by ident (and generation, if
