@@ -29,10 +29,32 @@ matters is only that a ``with`` body's end is not one (see compat.h).
 """
 import dis as _dis
 
-__all__ = ["verdict", "table", "NO", "LAND", "NEXT"]
+__all__ = ["verdict", "table", "not_here", "NO", "LAND", "NEXT"]
 
 # code object -> _Code
 _cache = {}
+
+# Code that an armed exception never lands in: xthread's primitives, whose
+# change of state and return must not be split (a permit taken, an item
+# got, a waiter woken). The exception lands in the caller instead, once
+# the call has returned. (A killable wait inside them still raises at
+# once: that is not a landing.)
+_not_here = set()
+
+
+def not_here(*functions):
+    """Mark *functions* (Python functions, or methods' functions) as code
+    where an armed exception never lands."""
+    for func in functions:
+        _not_here.add(func.__code__)
+
+
+def _mark_own():
+    from . import _sync, _thread
+    not_here(*_sync._NOT_HERE)
+    # xthread's registry of started threads: its weakref callback runs
+    # in whatever thread drops the last reference to a Thread.
+    not_here(_thread._started_threads._remove)
 _CACHE_MAX = 512
 
 # verdict() answers
@@ -114,6 +136,8 @@ def verdict(code, offset, pending):
     """What to do at byte *offset* of *code*: ``NO`` (go on), ``LAND``
     (raise here) or ``NEXT`` (raise at the next instruction the thread
     runs, asked again with *pending* true)."""
+    if code in _not_here:
+        return NO
     info = _info(code)
     if not pending and offset not in info.checks:
         return NO
@@ -131,8 +155,10 @@ def table(code):
     unless pending), bit 1 set where the answer is ``NEXT`` (else
     ``LAND``). For a caller that must not run Python code at each
     instruction (a C trace function on 3.11)."""
-    info = _info(code)
     out = bytearray(len(code.co_code) // 2)
+    if code in _not_here:
+        return bytes(out)
+    info = _info(code)
     for unit in range(len(out)):
         offset = unit * 2
         flags = 1 if offset in info.checks else 0
@@ -140,3 +166,6 @@ def table(code):
             flags |= 2
         out[unit] = flags
     return bytes(out)
+
+
+_mark_own()

@@ -26,75 +26,13 @@ _allocate_lock = _xthread.allocate_lock
 _get_ident = _xthread.get_ident
 _shield_enter = _xthread._shield_enter
 _shield_exit = _xthread._shield_exit
+_call_unshielded = _xthread._call_unshielded
 
 
-class RLock:
-    """A reentrant lock: the thread that holds it may acquire it again and
-    must release it as many times. Killable, as ``Lock``."""
-
-    __slots__ = ("_block", "_owner", "_count", "__weakref__")
-
-    def __init__(self):
-        self._block = _allocate_lock()
-        self._owner = None
-        self._count = 0
-
-    def __repr__(self):
-        owner = self._owner
-        return "<%s %s.%s object owner=%r count=%d at %s>" % (
-            "locked" if self._block.locked() else "unlocked",
-            type(self).__module__, type(self).__qualname__,
-            owner, self._count, hex(id(self)))
-
-    def acquire(self, blocking=True, timeout=-1):
-        me = _get_ident()
-        if self._owner == me:
-            self._count += 1
-            return True
-        rc = self._block.acquire(blocking, timeout)
-        if rc:
-            self._owner = me
-            self._count = 1
-        return rc
-
-    __enter__ = acquire
-
-    def release(self):
-        if self._owner != _get_ident():
-            raise RuntimeError("cannot release un-acquired lock")
-        self._count -= 1
-        if not self._count:
-            self._owner = None
-            self._block.release()
-
-    def __exit__(self, t, v, tb):
-        self.release()
-
-    def locked(self):
-        return self._block.locked()
-
-    # What Condition uses to wait with an RLock held at any depth.
-
-    def _is_owned(self):
-        return self._owner == _get_ident()
-
-    def _release_save(self):
-        if self._count == 0:
-            raise RuntimeError("cannot release un-acquired lock")
-        state = (self._count, self._owner)
-        self._count = 0
-        self._owner = None
-        self._block.release()
-        return state
-
-    def _acquire_restore(self, state):
-        self._block.acquire()
-        self._count, self._owner = state
-
-    def _at_fork_reinit(self):
-        self._block._at_fork_reinit()
-        self._owner = None
-        self._count = 0
+# C, so that its bookkeeping and its wait are one call: an exception that
+# lands as acquire() returns never finds the lock taken and its owner not
+# yet noted (see _xthreadmodule.c, "RLock").
+RLock = _xthread.RLock
 
 
 class Condition:
@@ -114,11 +52,20 @@ class Condition:
                 setattr(self, name, method)
         self._waiters = _collections.deque()
 
-    def __enter__(self):
-        return self._lock.__enter__()
+    # The lock's own __enter__ and __exit__, looked up by the with
+    # statement and called by it: no frame of this class runs between the
+    # lock being taken and the caller's with-block starting, so an
+    # exception that lands there finds the block's exit in place.
+    def _lock_enter(self):
+        return self._lock.__enter__
 
-    def __exit__(self, *args):
-        return self._lock.__exit__(*args)
+    def _lock_exit(self):
+        return self._lock.__exit__
+
+    __enter__ = property(_lock_enter,
+                         doc="The lock's __enter__ (takes the lock).")
+    __exit__ = property(_lock_exit,
+                        doc="The lock's __exit__ (releases the lock).")
 
     def __repr__(self):
         return "<Condition(%s, %d)>" % (self._lock, len(self._waiters))
@@ -130,7 +77,8 @@ class Condition:
         self._lock.acquire()
 
     def _is_owned(self):
-        # A plain lock: held, and not by us, cannot be told apart.
+        # A plain lock: held, and not by us, cannot be told apart. (No
+        # exception lands between the two calls: see _NOT_HERE.)
         if self._lock.acquire(False):
             self._lock.release()
             return False
@@ -144,30 +92,34 @@ class Condition:
         waiter = _allocate_lock()
         waiter.acquire()
         self._waiters.append(waiter)
-        saved_state = self._release_save()
-        gotit = False
+        # Shielded, but for the wait itself: an exception sent to this
+        # thread lands in the wait, or is held back until the lock is
+        # held again; never while it is let go, where the caller's `with`
+        # would then release a lock it does not hold.
+        _shield_enter()
         try:
-            if timeout is None:
-                gotit = waiter.acquire()
-            elif timeout > 0:
-                gotit = waiter.acquire(True, timeout)
-            else:
-                gotit = waiter.acquire(False)
-            return gotit
-        finally:
-            # Take the lock back even if this thread is being stopped: the
-            # caller's `with` will release it. A second exception sent
-            # meanwhile waits until the lock is held again.
-            _shield_enter()
+            saved_state = self._release_save()
+            gotit = False
             try:
+                if timeout is None:
+                    gotit = _call_unshielded(waiter.acquire)
+                elif timeout > 0:
+                    gotit = _call_unshielded(
+                        lambda: waiter.acquire(True, timeout))
+                else:
+                    gotit = waiter.acquire(False)
+            finally:
                 self._acquire_restore(saved_state)
                 if not gotit:
                     try:
                         self._waiters.remove(waiter)
                     except ValueError:
                         pass
-            finally:
-                _shield_exit()
+        finally:
+            # What was held back is raised here, the lock held again: the
+            # caller's `with` releases it.
+            _shield_exit()
+        return gotit
 
     def wait_for(self, predicate, timeout=None):
         """Wait until predicate() is true, or until *timeout* seconds
@@ -192,6 +144,8 @@ class Condition:
         if not self._is_owned():
             raise RuntimeError("cannot notify on un-acquired lock")
         waiters = self._waiters
+        # A waiter taken off the queue is always woken: no exception lands
+        # in between (see _NOT_HERE).
         while waiters and n > 0:
             waiter = waiters.popleft()
             try:
@@ -337,3 +291,22 @@ class LifoQueue(_KillableQueueMixin, _queue.LifoQueue):
 
 class PriorityQueue(_KillableQueueMixin, _queue.PriorityQueue):
     """``queue.PriorityQueue`` with killable waits."""
+
+
+# An exception sent to a thread inside these lands once they return, in
+# the caller: never between a change they make and their return (a permit
+# taken, an item got, a waiter woken), which the caller would not learn
+# of. Queues run stdlib's methods over the killable conditions above.
+# (Read by xthread._landing when it is first imported.)
+_NOT_HERE = (
+    Condition._lock_enter, Condition._lock_exit, Condition.wait, Condition.wait_for, Condition.notify,
+    Condition.notify_all, Condition._is_owned, Condition._release_save,
+    Condition._acquire_restore,
+    Semaphore.acquire, Semaphore.release, BoundedSemaphore.release,
+    Event.set, Event.clear, Event.wait,
+    *{getattr(cls, name)
+      for cls in (_queue.Queue, _queue.LifoQueue, _queue.PriorityQueue)
+      for name in ("get", "put", "get_nowait", "put_nowait", "task_done",
+                   "join", "qsize", "empty", "full", "_init", "_qsize",
+                   "_put", "_get")},
+)

@@ -101,6 +101,7 @@ typedef struct xthread_registry {
 
 typedef struct {
     PyTypeObject *lock_type;
+    PyTypeObject *rlock_type;
     PyTypeObject *record_type;
     PyTypeObject *scoped_type;
     PyObject *record_key;       /* key of the record in a thread-state dict */
@@ -117,6 +118,7 @@ typedef struct {
     /* Landing (see "Landing" below): xthread._landing.verdict, imported by
      * the first delivery that needs it; whether that import failed. */
     PyObject *landing_verdict;
+    PyObject *not_here;         /* xthread._landing._not_here, a set */
     int landing_failed;
     /* Trace-function landing: xthread._landing.table, and its answers by
      * code object (a trace function must not run Python code: on 3.11,
@@ -239,11 +241,13 @@ typedef struct recordobject {
  * is leaked, as CPython's _PyThread_at_fork_reinit does). */
 static atomic_int xthread_pid;
 static unsigned long xthread_forked_by;     /* the only thread in a child */
+static unsigned long xthread_forked_native; /* its OS id there */
 
 static void
 xthread_pid_after_fork(void)
 {
     xthread_forked_by = PyThread_get_thread_ident();
+    xthread_forked_native = PyThread_get_thread_native_id();
     atomic_store(&xthread_pid, (int)getpid());
 }
 
@@ -410,6 +414,7 @@ registry_drop_stale(void *arg)
             reg_entry *next = e->next;
             if (e->ident == me) {
                 e->pid = now;
+                atomic_store(&e->native_id, xthread_forked_native);
             }
             else {
                 registry_remove(reg, e);
@@ -1441,17 +1446,27 @@ PyDoc_STRVAR(lock_locked_doc,
  * it as a sentinel releases the new state. The old mutex is leaked on
  * purpose, as CPython's _PyThread_at_fork_reinit does (bpo-6721,
  * bpo-40089): it may be in an inconsistent state. */
-static PyObject *
-lock_at_fork_reinit(lockobject *self, PyObject *Py_UNUSED(ignored))
+static int
+lock_core_reinit(lock_core *core)
 {
     PyThread_type_lock fresh = PyThread_allocate_lock();
     if (fresh == NULL) {
-        return PyErr_NoMemory();
+        PyErr_NoMemory();
+        return -1;
     }
-    self->core->mutex = fresh;
-    atomic_store(&self->core->pid, current_pid());
-    self->core->head = self->core->tail = NULL;
-    atomic_store(&self->core->locked, 0);
+    core->mutex = fresh;
+    atomic_store(&core->pid, current_pid());
+    core->head = core->tail = NULL;
+    atomic_store(&core->locked, 0);
+    return 0;
+}
+
+static PyObject *
+lock_at_fork_reinit(lockobject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (lock_core_reinit(self->core) < 0) {
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -1583,6 +1598,307 @@ static PyType_Spec lock_type_spec = {
     .basicsize = sizeof(lockobject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = lock_type_slots,
+};
+
+
+// RLock
+
+/* A reentrant lock on a lock core: the thread that holds it may take it
+ * again, and must let go as many times. Its bookkeeping is done in the
+ * same C call as the wait (acquire) or the release: no Python code runs
+ * in between, so an exception sent to the thread (a stop, a time limit)
+ * never lands with the lock taken and its owner not yet noted, or the
+ * other way round. `owner` and `count` are read and written with the GIL
+ * held (the core's `locked` flag is what other threads test). */
+typedef struct {
+    PyObject_HEAD
+    lock_core *core;
+    unsigned long owner;        /* ident of the holder; 0 when free */
+    unsigned long count;        /* its depth; 0 when free */
+    PyObject *weakreflist;
+} rlockobject;
+
+static xthread_state *
+rlock_state(rlockobject *self)
+{
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &xthread_module);
+    return module != NULL ? get_xthread_state(module) : NULL;
+}
+
+static PyObject *
+rlock_acquire(rlockobject *self, PyObject *args, PyObject *kwds)
+{
+    long long timeout_us;
+    if (lock_acquire_parse_args(args, kwds, &timeout_us) < 0) {
+        return NULL;
+    }
+    unsigned long me = PyThread_get_thread_ident();
+    if (self->count > 0 && self->owner == me) {
+        if (self->count == ULONG_MAX) {
+            PyErr_SetString(PyExc_OverflowError,
+                            "internal lock count overflowed");
+            return NULL;
+        }
+        self->count++;
+        Py_RETURN_TRUE;
+    }
+    xthread_state *state = rlock_state(self);
+    if (state == NULL) {
+        return NULL;
+    }
+    switch (lock_core_acquire(state, self->core, timeout_us)) {
+    case WAIT_DONE:
+        self->owner = me;
+        self->count = 1;
+        Py_RETURN_TRUE;
+    case WAIT_TIMEOUT:
+        Py_RETURN_FALSE;
+    case WAIT_INTERRUPTED:
+        return raise_outstanding(current_record(state));
+    default:
+        return NULL;
+    }
+}
+
+PyDoc_STRVAR(rlock_acquire_doc,
+"acquire($self, /, blocking=True, timeout=-1)\n--\n\n"
+"Lock the lock, or, in the thread that holds it, add one level. Returns\n"
+"whether it was taken; arguments as Lock.acquire(). Killable: an\n"
+"exception sent to the waiting thread through xthread ends the wait and\n"
+"is raised here, with the lock not taken.");
+
+/* Releases one level; 0, or -1 with RuntimeError if the calling thread
+ * does not hold the lock. */
+static int
+rlock_release_level(rlockobject *self)
+{
+    if (self->count == 0 || self->owner != PyThread_get_thread_ident()) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot release un-acquired lock");
+        return -1;
+    }
+    if (--self->count == 0) {
+        self->owner = 0;
+        lock_core_release(self->core);
+    }
+    return 0;
+}
+
+static PyObject *
+rlock_release(rlockobject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (rlock_release_level(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(rlock_release_doc,
+"release($self, /)\n--\n\n"
+"Release one level of the lock; the last lets another thread take it.\n"
+"Only the thread that holds it may release it (RuntimeError otherwise).");
+
+static PyObject *
+rlock_exit(rlockobject *self, PyObject *Py_UNUSED(args))
+{
+    return rlock_release(self, NULL);
+}
+
+static PyObject *
+rlock_locked(rlockobject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(atomic_load(&self->core->locked));
+}
+
+static PyObject *
+rlock_is_owned(rlockobject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(self->count > 0
+                           && self->owner == PyThread_get_thread_ident());
+}
+
+static PyObject *
+rlock_recursion_count(rlockobject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLong(
+        self->owner == PyThread_get_thread_ident() ? self->count : 0);
+}
+
+/* For Condition.wait: lets go of every level at once, returning them. */
+static PyObject *
+rlock_release_save(rlockobject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->count == 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot release un-acquired lock");
+        return NULL;
+    }
+    PyObject *saved = Py_BuildValue("(kk)", self->count, self->owner);
+    if (saved == NULL) {
+        return NULL;
+    }
+    self->count = 0;
+    self->owner = 0;
+    lock_core_release(self->core);
+    return saved;
+}
+
+/* For Condition.wait: takes the lock back with the levels saved. */
+static PyObject *
+rlock_acquire_restore(rlockobject *self, PyObject *saved)
+{
+    unsigned long count, owner;
+    if (!PyTuple_Check(saved)
+        || !PyArg_ParseTuple(saved, "kk:_acquire_restore", &count, &owner)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError,
+                            "_acquire_restore() needs a (count, owner) tuple");
+        }
+        return NULL;
+    }
+    if (count == 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "_acquire_restore() needs a count of 1 or more");
+        return NULL;
+    }
+    xthread_state *state = rlock_state(self);
+    if (state == NULL) {
+        return NULL;
+    }
+    switch (lock_core_acquire(state, self->core, -1)) {
+    case WAIT_DONE:
+        self->owner = owner;
+        self->count = count;
+        Py_RETURN_NONE;
+    case WAIT_INTERRUPTED:
+        return raise_outstanding(current_record(state));
+    default:
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "could not take the lock");
+        }
+        return NULL;
+    }
+}
+
+static PyObject *
+rlock_at_fork_reinit(rlockobject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (lock_core_reinit(self->core) < 0) {
+        return NULL;
+    }
+    self->owner = 0;
+    self->count = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+rlock_repr(rlockobject *self)
+{
+    unsigned long count = self->count;
+    PyObject *owner = count > 0 ? PyLong_FromUnsignedLong(self->owner)
+                                : Py_NewRef(Py_None);
+    if (owner == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyUnicode_FromFormat(
+        "<%s %s object owner=%R count=%lu at %p>",
+        atomic_load(&self->core->locked) ? "locked" : "unlocked",
+        Py_TYPE(self)->tp_name, owner, count, (void *)self);
+    Py_DECREF(owner);
+    return res;
+}
+
+static PyObject *
+rlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds) != 0)
+        || PyTuple_GET_SIZE(args) != 0) {
+        PyErr_SetString(PyExc_TypeError, "RLock() takes no arguments");
+        return NULL;
+    }
+    lock_core *core = lock_core_new();
+    if (core == NULL) {
+        return PyErr_NoMemory();
+    }
+    rlockobject *self = (rlockobject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        lock_core_decref(core);
+        return NULL;
+    }
+    self->core = core;
+    self->owner = 0;
+    self->count = 0;
+    self->weakreflist = NULL;
+    return (PyObject *)self;
+}
+
+static void
+rlock_dealloc(rlockobject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    if (self->core != NULL) {
+        lock_core_decref(self->core);
+    }
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+PyDoc_STRVAR(rlock_enter_doc,
+"__enter__($self, /)\n--\n\n"
+"Take the lock, waiting as long as it takes (acquire()).");
+
+PyDoc_STRVAR(rlock_exit_doc,
+"__exit__($self, /, *exc_info)\n--\n\n"
+"Release one level of the lock.");
+
+static PyMethodDef rlock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))rlock_acquire,
+     METH_VARARGS | METH_KEYWORDS, rlock_acquire_doc},
+    {"release", (PyCFunction)rlock_release, METH_NOARGS, rlock_release_doc},
+    {"locked", (PyCFunction)rlock_locked, METH_NOARGS,
+     "locked($self, /)\n--\n\nReturn whether the lock is held."},
+    {"__enter__", (PyCFunction)(void (*)(void))rlock_acquire,
+     METH_VARARGS | METH_KEYWORDS, rlock_enter_doc},
+    {"__exit__", (PyCFunction)rlock_exit, METH_VARARGS, rlock_exit_doc},
+    {"_is_owned", (PyCFunction)rlock_is_owned, METH_NOARGS, NULL},
+    {"_recursion_count", (PyCFunction)rlock_recursion_count, METH_NOARGS,
+     NULL},
+    {"_release_save", (PyCFunction)rlock_release_save, METH_NOARGS, NULL},
+    {"_acquire_restore", (PyCFunction)rlock_acquire_restore, METH_O, NULL},
+    {"_at_fork_reinit", (PyCFunction)rlock_at_fork_reinit, METH_NOARGS,
+     NULL},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyMemberDef rlock_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(rlockobject, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL}
+};
+
+PyDoc_STRVAR(rlock_doc,
+"RLock()\n--\n\n"
+"A reentrant lock: the thread that holds it may acquire it again and must\n"
+"release it as many times. Killable, as Lock.");
+
+static PyType_Slot rlock_type_slots[] = {
+    {Py_tp_dealloc, (destructor)rlock_dealloc},
+    {Py_tp_repr, (reprfunc)rlock_repr},
+    {Py_tp_doc, (void *)rlock_doc},
+    {Py_tp_methods, rlock_methods},
+    {Py_tp_members, rlock_members},
+    {Py_tp_new, rlock_new},
+    {0, NULL}
+};
+
+static PyType_Spec rlock_type_spec = {
+    .name = "xthread.RLock",
+    .basicsize = sizeof(rlockobject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = rlock_type_slots,
 };
 
 
@@ -2602,6 +2918,13 @@ landing_load(xthread_state *state)
         Py_DECREF(mod);
         goto failed;
     }
+    /* A set that the module keeps; it only grows. Without it, no code
+     * is xthread's own. */
+    state->not_here = PyObject_GetAttrString(mod, "_not_here");
+    if (state->not_here == NULL || !PySet_Check(state->not_here)) {
+        Py_CLEAR(state->not_here);
+        PyErr_Clear();
+    }
     Py_DECREF(mod);
     state->landing_verdict = safe;
     return 1;
@@ -2812,6 +3135,8 @@ trace_map(xthread_state *state, PyObject *code, int make)
  * call event of a new frame, raises at once: the exception reaches the
  * caller at its call instruction, where the caller's handlers apply.
  * Not in an __exit__, which must run. */
+static int code_is_own(xthread_state *state, PyCodeObject *code);
+
 static int
 landing_trace(PyObject *obj, PyFrameObject *frame, int what,
               PyObject *Py_UNUSED(arg))
@@ -2837,8 +3162,12 @@ landing_trace(PyObject *obj, PyFrameObject *frame, int what,
         }
     }
     else if (what == PyTrace_CALL) {
-        land = PyUnicode_CompareWithASCIIString(code->co_name,
-                                                "__exit__") != 0
+        /* Not at the start of an __exit__, which must run, nor of one of
+         * xthread's own primitives (_landing.not_here): it lands in the
+         * frame that called them, once they return. */
+        land = !code_is_own(state, code)
+               && PyUnicode_CompareWithASCIIString(code->co_name,
+                                                   "__exit__") != 0
                && PyUnicode_CompareWithASCIIString(code->co_name,
                                                    "__aexit__") != 0;
     }
@@ -3367,6 +3696,39 @@ wake_load_call_ops(xthread_state *state)
     return 0;
 }
 
+/* Whether `code` is one of xthread's own primitives (_landing.not_here),
+ * where no exception may land: not even a plain copy, which would land
+ * between a change they make and their return. Never fails. */
+static int
+code_is_own(xthread_state *state, PyCodeObject *code)
+{
+    if (state->not_here == NULL) {
+        return 0;
+    }
+    int own = PySet_Contains(state->not_here, (PyObject *)code);
+    if (own < 0) {
+        PyErr_Clear();
+    }
+    return own == 1;
+}
+
+/* Whether the thread of `tstate` runs one of xthread's own primitives
+ * now (its innermost frame). GIL held. */
+static int
+thread_in_own_code(xthread_state *state, PyThreadState *tstate)
+{
+    PyFrameObject *frame = tstate != NULL ? PyThreadState_GetFrame(tstate)
+                                          : NULL;
+    if (frame == NULL) {
+        return 0;
+    }
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    Py_DECREF(frame);
+    int own = code_is_own(state, code);
+    Py_DECREF(code);
+    return own;
+}
+
 /* Whether the thread of `tstate` (another thread; the caller holds the
  * GIL, so that thread runs no bytecode) is inside a call: its innermost
  * frame is at a call instruction. Never fails. */
@@ -3381,6 +3743,10 @@ wake_in_call(xthread_state *state, PyThreadState *tstate)
     PyCodeObject *code = PyFrame_GetCode(frame);
     Py_DECREF(frame);
     int in_call = 0;
+    if (code_is_own(state, code)) {
+        Py_DECREF(code);
+        return 0;
+    }
     PyObject *bytes = lasti >= 0 ? xthread_code_bytes(code) : NULL;
     Py_DECREF(code);
     if (bytes == NULL) {
@@ -3612,7 +3978,8 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
             record_arm_settle(state, rec);
             if (rec->armed && !rec->plain && !rec->judging
                 && rec->outstanding != NULL
-                && monotonic_us() - rec->sent_at_us >= PLAIN_AFTER_US) {
+                && monotonic_us() - rec->sent_at_us >= PLAIN_AFTER_US
+                && !thread_in_own_code(state, find_tstate(rec->ident))) {
                 PyObject *plain = make_carrier(rec->outstanding, rec,
                                                rec->outstanding_token);
                 if (plain == NULL) {
@@ -3971,12 +4338,14 @@ xthread_shield_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-/* Calls func() with the calling thread's one shield lifted, and puts the
- * shield back before any bytecode of the caller runs: what an xthread
+/* Calls func() with one level of the calling thread's shields lifted, and
+ * puts it back before any bytecode of the caller runs: what an xthread
  * Thread's bootstrap runs its target and excepthook with, so that a stop
- * lands inside them and never in the bootstrap's own bookkeeping. What
- * was held back before is raised at once instead of calling func; what
- * was sent and has not landed when func returns is held back again. */
+ * lands inside them and never in the bootstrap's own bookkeeping, and
+ * what Condition.wait waits with. If that was the last level, what was
+ * held back before is raised at once instead of calling func, and what
+ * was sent and has not landed when func returns is held back again; with
+ * shields of the caller's own below it, func runs shielded still. */
 static PyObject *
 xthread_call_unshielded(PyObject *module, PyObject *func)
 {
@@ -3988,14 +4357,14 @@ xthread_call_unshielded(PyObject *module, PyObject *func)
         /* A started thread with no record yet: nothing was sent to it, so
          * nothing is held back. Its record, if func makes one, starts
          * unshielded. */
-        if (boot_entry->start_shield != 1) {
+        if (boot_entry->start_shield < 1) {
             PyErr_SetString(PyExc_RuntimeError,
-                            "_call_unshielded needs exactly one shield");
+                            "_call_unshielded needs a shield");
             return NULL;
         }
-        boot_entry->start_shield = 0;
+        boot_entry->start_shield--;
         res = PyObject_CallNoArgs(func);
-        boot_entry->start_shield = 1;
+        boot_entry->start_shield++;
         rec = (recordobject *)Py_XNewRef((PyObject *)boot_entry->record);
         if (rec == NULL) {
             return res;
@@ -4006,14 +4375,16 @@ xthread_call_unshielded(PyObject *module, PyObject *func)
         if (rec == NULL) {
             return NULL;
         }
-        if (rec->shield_depth != 1) {
+        if (rec->shield_depth < 1) {
             PyErr_SetString(PyExc_RuntimeError,
-                            "_call_unshielded needs exactly one shield");
+                            "_call_unshielded needs a shield");
             return NULL;
         }
         Py_INCREF(rec);
-        rec->shield_depth = 0;
-        if (rec->deferred != NULL) {
+        if (--rec->shield_depth > 0) {
+            res = PyObject_CallNoArgs(func);
+        }
+        else if (rec->deferred != NULL) {
             PyObject *exc = rec->deferred;
             rec->deferred = NULL;
             rec->landed_at_us = monotonic_us();
@@ -4024,7 +4395,7 @@ xthread_call_unshielded(PyObject *module, PyObject *func)
             res = PyObject_CallNoArgs(func);
         }
     }
-    rec->shield_depth = 1;
+    rec->shield_depth++;
     if (rec->outstanding != NULL) {
         if (rec->deferred == NULL) {
             rec->deferred = Py_NewRef(rec->outstanding);
@@ -4426,6 +4797,7 @@ xthread_exec(PyObject *module)
     state->next_generation = 0;
     state->next_token = 0;
     state->landing_verdict = NULL;
+    state->not_here = NULL;
     state->landing_failed = 0;
     state->monitoring = NULL;
     state->mon_tool = -1;
@@ -4487,6 +4859,17 @@ xthread_exec(PyObject *module)
         return -1;
     }
 
+    // RLock
+    state->rlock_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &rlock_type_spec, NULL);
+    if (state->rlock_type == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(module, "RLock",
+                              (PyObject *)state->rlock_type) < 0) {
+        return -1;
+    }
+
     // Scoped
     state->scoped_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &scoped_type_spec, NULL);
@@ -4527,9 +4910,11 @@ xthread_traverse(PyObject *module, visitproc visit, void *arg)
 {
     xthread_state *state = get_xthread_state(module);
     Py_VISIT(state->lock_type);
+    Py_VISIT(state->rlock_type);
     Py_VISIT(state->record_type);
     Py_VISIT(state->scoped_type);
     Py_VISIT(state->landing_verdict);
+    Py_VISIT(state->not_here);
     Py_VISIT(state->landing_table);
     Py_VISIT(state->trace_maps);
     Py_VISIT(state->monitoring);
@@ -4545,12 +4930,14 @@ xthread_clear(PyObject *module)
 {
     xthread_state *state = get_xthread_state(module);
     Py_CLEAR(state->lock_type);
+    Py_CLEAR(state->rlock_type);
     Py_CLEAR(state->record_type);
     Py_CLEAR(state->scoped_type);
     Py_CLEAR(state->record_key);
     Py_CLEAR(state->str_entered);
     Py_CLEAR(state->str_exited);
     Py_CLEAR(state->landing_verdict);
+    Py_CLEAR(state->not_here);
     Py_CLEAR(state->landing_table);
     Py_CLEAR(state->trace_maps);
     Py_CLEAR(state->monitoring);
