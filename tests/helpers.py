@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import types
 
 import _xthread
@@ -151,3 +152,24 @@ def assert_clean_exit(rc, out, err, expected_rc=0):
     for marker in CRASH_MARKERS:
         assert marker not in err, f"crash ({marker!r}):\n{err}"
     assert rc == expected_rc, f"exit code {rc}\nstdout:\n{out}\nstderr:\n{err}"
+
+
+def start_sleeper(exc_type=ValueError):
+    """Start a stdlib thread that sleeps in short steps until *exc_type*
+    is raised in it; return ``(thread, caught)``, once it runs. What it
+    catches is appended to ``caught``; it ends then."""
+    caught = []
+    ready = threading.Event()
+
+    def sleeper():
+        try:
+            ready.set()
+            while True:
+                time.sleep(0.001)
+        except exc_type as exc:
+            caught.append(exc)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    assert ready.wait(JOIN_TIMEOUT)
+    return thread, caught

@@ -25,7 +25,7 @@ import _xthread
 import xthread
 from xthread import ThreadKilled, TimeLimitExceeded
 from helpers import (JOIN_TIMEOUT, assert_clean_exit, join_or_fail, run_script,
-                     switch_interval)
+                     start_sleeper, switch_interval)
 
 #: "At once": far above any real latency, far below the wait interrupted.
 PROMPT = 5.0
@@ -1566,20 +1566,7 @@ def test_record_made_while_a_thread_ends_does_not_take_later_deliveries(cls):
                                        _UsesXthreadWhenFreed()))
         t.start()
         join_or_fail(t)
-        caught = []
-        ready = threading.Event()
-
-        def sleeper():
-            try:
-                ready.set()
-                while True:
-                    time.sleep(0.001)
-            except ValueError as exc:
-                caught.append(exc)
-
-        later = threading.Thread(target=sleeper)
-        later.start()
-        assert ready.wait(JOIN_TIMEOUT)
+        later, caught = start_sleeper(ValueError)
         assert xthread.raise_in_thread(later.ident, ValueError)
         later.join(JOIN_TIMEOUT / 10)
         if later.is_alive():

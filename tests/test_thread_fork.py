@@ -21,7 +21,7 @@ import traceback
 import pytest
 
 import xthread
-from helpers import join_or_fail
+from helpers import join_or_fail, start_sleeper
 
 if not hasattr(os, "fork"):
     pytest.skip("needs os.fork()", allow_module_level=True)
@@ -498,20 +498,7 @@ def test_child_delivers_to_new_threads_that_reuse_parent_idents():
         def check():
             reused = 0
             for _ in range(len(idents) + 2):
-                caught = []
-                ready = threading.Event()
-
-                def spin():
-                    try:
-                        ready.set()
-                        while True:
-                            time.sleep(0.001)
-                    except ValueError as exc:
-                        caught.append(exc)
-
-                t = threading.Thread(target=spin)
-                t.start()
-                assert ready.wait(JOIN_TIMEOUT)
+                t, caught = start_sleeper(ValueError)
                 reused += t.ident in idents
                 assert xthread.raise_in_thread(t.ident, ValueError)
                 t.join(JOIN_TIMEOUT)
