@@ -843,3 +843,29 @@ def test_ctrl_c_as_start_returns_leaves_the_thread_started():
             t.start()
         t.join(JOIN_TIMEOUT)
         assert not t.is_alive()
+
+
+def test_join_and_kill_from_a_thread_that_reuses_an_ended_threads_ident():
+    # The OS gives an ended thread's ident to the next thread: from there,
+    # join() of the ended thread returns, as stdlib's does, and kill()
+    # reports it ended; neither takes it for the current thread.
+    outcomes = []
+    for _ in range(20):
+        ended = xthread.Thread(target=lambda: None)
+        ended.start()
+        ended.join(JOIN_TIMEOUT)
+        box = []
+
+        def later():
+            box.append(threading.get_ident() == ended.ident)
+            ended.join(JOIN_TIMEOUT)
+            box.append(bool(ended.kill(timeout=1)))
+
+        t = xthread.Thread(target=later)
+        t.start()
+        t.join(JOIN_TIMEOUT)
+        assert not t.is_alive()
+        assert len(box) == 2, box       # no RuntimeError in the thread
+        assert box[1], "kill() of an ended thread reports it ended"
+        outcomes.append(box[0])
+    assert any(outcomes), "no ident was reused: the check proves nothing"

@@ -359,9 +359,15 @@ class Thread(_threading.Thread):
         # any other thread, and its sentinel exists from before it runs.
         if self._xthread_state == _NEW:
             raise RuntimeError("cannot join thread before it is started")
-        if self._xthread_ident == _get_ident():
+        if self._xthread_is_current():
             raise RuntimeError("cannot join current thread")
         self._xthread_wait(True, -1 if timeout is None else max(timeout, 0))
+
+    def _xthread_is_current(self):
+        # The ident alone does not tell: an ended thread's ident is reused
+        # by the next thread the OS makes. A thread that is still alive
+        # and has the calling thread's ident is the calling thread.
+        return self._xthread_ident == _get_ident() and self.is_alive()
 
     def _xthread_wait(self, block, timeout):
         sentinel = self._xthread_sentinel
@@ -433,7 +439,7 @@ class Thread(_threading.Thread):
             raise RuntimeError("Thread.__init__() not called")
         if self._xthread_state == _NEW:
             raise RuntimeError("cannot kill a thread before it is started")
-        if self._xthread_ident == _get_ident():
+        if self._xthread_is_current():
             raise RuntimeError("cannot kill the current thread; raise "
                                "ThreadKilled instead")
         if timeout is not None and timeout < 0:
