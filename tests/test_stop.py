@@ -1609,3 +1609,45 @@ def test_thread_ending_while_its_record_is_made_is_not_written_to():
     assert ended == "True"
     if sys.version_info < (3, 12):
         assert no_record == "True", "a record for a thread that has ended"
+
+
+def test_limits_survive_a_refused_watchdog_start_and_a_stop_sent_to_it():
+    # The first limit of a process, made while no thread can start, must
+    # raise (never run unguarded), and the next one must fire; a stop sent
+    # to the watchdog (a sweep over every thread's ident, say) must not
+    # leave later limits without it.
+    rc, out, err = run_script("""
+        import _xthread, xthread
+        from xthread import _stop
+
+        real = _xthread._start_joinable_thread
+        def refuse(*args, **kwargs):
+            raise RuntimeError("can't start new thread")
+        _xthread._start_joinable_thread = refuse
+        try:
+            with xthread.time_limit(0.05):
+                print("unguarded")
+        except RuntimeError as exc:
+            print("refused:", exc)
+        _xthread._start_joinable_thread = real
+
+        def fires():
+            try:
+                with xthread.time_limit(0.05):
+                    xthread.sleep(30)
+            except xthread.TimeLimitExceeded:
+                return True
+            return False
+
+        print("fires after a refused start:", fires())
+        ident = _stop._watchdog._thread[0]
+        for _ in range(3):
+            xthread.raise_in_thread(ident, SystemExit)
+        print("fires after a stop sent to it:", fires(), fires())
+    """)
+    assert_clean_exit(rc, out, err)
+    assert out.splitlines() == [
+        "refused: can't start new thread",
+        "fires after a refused start: True",
+        "fires after a stop sent to it: True True",
+    ], (out, err)

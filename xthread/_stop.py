@@ -204,13 +204,19 @@ class _Watchdog:
             mutex = self._mutex
             mutex.acquire()
             try:
-                _heappush(self._heap, item)
-                wake = deadline < self._wake_at
-                if wake:
-                    self._wake_at = deadline
-                if self._thread is None:
+                thread = self._thread
+                if thread is not None and not thread[1].locked():
+                    # It ended without clearing this: an exception escaped
+                    # it (MemoryError, say). Start another.
+                    thread = self._thread = None
+                if thread is None:
+                    # Raises if no thread can be made: the limit is then
+                    # refused, never left unguarded.
                     self._thread = self._start()
-                    wake = False
+                _heappush(self._heap, item)
+                wake = thread is not None and deadline < self._wake_at
+                if deadline < self._wake_at:
+                    self._wake_at = deadline
             finally:
                 mutex.release()
         finally:
@@ -271,6 +277,10 @@ class _Watchdog:
         return False
 
     def _run(self):
+        # Machinery, not a user's thread: what is sent to it (a sweep that
+        # stops every thread, say) is held back for good, so that the
+        # limits never lose their watchdog. kill() of it gives up.
+        _shield_enter()
         idle_since = None
         while True:
             due = []
