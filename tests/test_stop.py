@@ -1651,3 +1651,42 @@ def test_limits_survive_a_refused_watchdog_start_and_a_stop_sent_to_it():
         "fires after a refused start: True",
         "fires after a stop sent to it: True True",
     ], (out, err)
+
+
+def test_ctrl_c_during_the_landing_code_reaches_the_thread():
+    # A signal whose handler runs while xthread decides where to land a
+    # firing limit (Python code, run by the limited thread) raised its
+    # KeyboardInterrupt there: it was reported as unraisable and lost.
+    rc, out, err = run_script("""
+        import signal, sys
+        import xthread, xthread._landing as landing
+
+        unraisable = []
+        sys.unraisablehook = lambda args: unraisable.append(
+            repr(args.exc_value))
+        sent = []
+
+        def ctrl_c_inside(real):
+            def wrapper(*args):
+                if not sent:
+                    sent.append(1)
+                    signal.raise_signal(signal.SIGINT)  # handled in here
+                return real(*args)
+            return wrapper
+
+        landing.verdict = ctrl_c_inside(landing.verdict)
+        landing.table = ctrl_c_inside(landing.table)
+        got = []
+        try:
+            with xthread.time_limit(0.05):
+                n = 0
+                while True:
+                    n += 1
+        except KeyboardInterrupt:
+            got.append("KeyboardInterrupt")
+        except xthread.TimeLimitExceeded:
+            got.append("TimeLimitExceeded")
+        print(got, unraisable, bool(sent))
+    """)
+    assert_clean_exit(rc, out, err)
+    assert out.strip() == "['KeyboardInterrupt'] [] True", (out, err)

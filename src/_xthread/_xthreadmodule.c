@@ -2818,9 +2818,9 @@ current_record_if_any(xthread_state *state)
 
 /* Whether to raise now, the target thread being at `offset` (bytes) of
  * `code`: asks xthread._landing.verdict, which may also say "at the next
- * instruction" (noted in rec->land_next). 1 when it cannot tell (errors
- * are reported); -1, with it set, when the outstanding exception landed
- * inside the verdict itself. */
+ * instruction" (noted in rec->land_next). -1, with an exception set,
+ * when the verdict's own run raised one (a signal handler's, or the
+ * outstanding exception's plain copy): the caller lets it go on. */
 #define VERDICT_LAND 1
 #define VERDICT_NEXT 2
 
@@ -2835,15 +2835,16 @@ landing_here(xthread_state *state, recordobject *rec, PyObject *code,
     rec->judging--;
     long verdict = res != NULL ? PyLong_AsLong(res) : -1;
     Py_XDECREF(res);
-    if (rec->outstanding == NULL) {
-        /* Landed during the verdict after all (a plain copy sent before
-         * it began): what it raised is that exception, which goes on
-         * from here; or withdrawn: nothing to raise. */
-        return verdict == -1 && PyErr_Occurred() ? -1 : 0;
-    }
     if (verdict == -1 && PyErr_Occurred()) {
-        PyErr_WriteUnraisable(state->landing_verdict);
-        return 1;
+        /* Raised while the verdict ran: a signal handler's exception
+         * (Ctrl-C), or the outstanding exception itself, landed after
+         * all (a plain copy sent before the verdict began). Either is
+         * this thread's own and goes on from here, never reported and
+         * dropped; what is still outstanding stays armed. */
+        return -1;
+    }
+    if (rec->outstanding == NULL) {
+        return 0;       /* withdrawn meanwhile: nothing to raise */
     }
     if (verdict == VERDICT_NEXT) {
         rec->land_next = 1;
@@ -3176,11 +3177,16 @@ landing_trace(PyObject *obj, PyFrameObject *frame, int what,
         PyObject *map = trace_map(state, (PyObject *)code, 0);
         rec->judging--;
         Py_ssize_t unit = xthread_frame_lasti(frame) / 2;
-        if (rec->outstanding == NULL) {
-            /* Landed inside the table's code (a plain copy sent before
-             * it began): its exception, if set, goes on from here. */
+        if (map == NULL && PyErr_Occurred()) {
+            /* Raised while the table's code ran: a signal handler's
+             * exception, or a plain copy of the outstanding one. It is
+             * this thread's, and goes on from here. */
             Py_DECREF(code);
-            return map == NULL && PyErr_Occurred() ? -1 : 0;
+            return -1;
+        }
+        if (rec->outstanding == NULL) {
+            Py_DECREF(code);
+            return 0;       /* withdrawn meanwhile */
         }
         if (map == NULL || unit < 0 || unit >= PyBytes_GET_SIZE(map)) {
             PyErr_Clear();
