@@ -53,6 +53,7 @@ STOP_NAMES = {
     "ThreadRecord", "_deliver", "_record", "_find_record", "_scope_enter",
     "_scope_exit", "_shield_enter", "_shield_exit", "sleep", "Scoped",
     "_call_unshielded", "_nudge", "_wake_signal", "_SIGNAL_WAKES",
+    "_handling",
     # Killable waits: the reentrant lock, its bookkeeping in C.
     "RLock",
 }

@@ -1690,3 +1690,32 @@ def test_ctrl_c_during_the_landing_code_reaches_the_thread():
     """)
     assert_clean_exit(rc, out, err)
     assert out.strip() == "['KeyboardInterrupt'] [] True", (out, err)
+
+
+@pytest.mark.parametrize("cleanup", ["python", "killable_wait"])
+def test_kill_lets_the_killed_thread_finish_its_cleanup(threads, cleanup):
+    # kill() re-sends ThreadKilled to a thread that swallowed it; one that
+    # is still unwinding with it, running its finally, is not a swallower:
+    # a re-sent stop used to land inside the cleanup and cut it short.
+    done = []
+    entered = threading.Event()
+
+    def work():
+        try:
+            entered.set()
+            spin(threads.stop)
+        finally:
+            if cleanup == "python":
+                end = time.monotonic() + 0.3
+                while time.monotonic() < end:
+                    pass
+            else:
+                xthread.sleep(0.3)
+            done.append(True)
+
+    t = threads.start(work)
+    assert entered.wait(JOIN_TIMEOUT)
+    result = t.kill(timeout=JOIN_TIMEOUT, interval=0.02)
+    assert result.ended, result
+    assert done == [True]
+    assert result.attempts == 1

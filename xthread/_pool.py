@@ -401,6 +401,12 @@ class _Task(_xthread.Scoped):
                 _nudge(self.ident, self.generation, self.scope)
                 return
             exc = self.exc
+            cls = exc if isinstance(exc, type) else type(exc)
+            if _xthread._handling(self.ident, cls):
+                # Still unwinding with the last one (its except and
+                # finally blocks): not swallowed; the grace period bounds
+                # its cleanup.
+                return
             if isinstance(exc, BaseException):
                 exc = type(exc)(*exc.args)
             if _deliver(self.ident, exc, generation=self.generation,

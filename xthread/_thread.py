@@ -37,6 +37,7 @@ _allocate_lock = _xthread.allocate_lock
 _deliver = _xthread._deliver
 _find_record = _xthread._find_record
 _call_unshielded = _xthread._call_unshielded
+_handling = _xthread._handling
 _monotonic = _time.monotonic
 _get_ident = _xthread.get_ident
 _get_native_id = _xthread.get_native_id
@@ -459,8 +460,14 @@ class Thread(_threading.Thread):
         while self.is_alive():
             if sent < attempts:
                 now = _monotonic()
-                if _deliver(ident, _stop.ThreadKilled("killed by Thread.kill()"),
-                            generation=self._xthread_generation):
+                # Again only to a thread that swallowed the last one: one
+                # still unwinding with it (its except and finally blocks,
+                # its cleanup) is left to finish; the timeout bounds it.
+                if ((sent == 0 or not _handling(ident, _stop.ThreadKilled))
+                        and _deliver(
+                            ident,
+                            _stop.ThreadKilled("killed by Thread.kill()"),
+                            generation=self._xthread_generation)):
                     sent += 1
                     if sent_at is None:
                         sent_at = now

@@ -4053,6 +4053,48 @@ PyDoc_STRVAR(deliver_doc,
 "landed (2 ms at most), so that the target need not wait for the switch\n"
 "interval.");
 
+/* Whether thread `ident` is raising or handling (inside an except or a
+ * finally) an exception of class `cls`: for kill(), which re-sends only
+ * to a thread that swallowed the first, never to one that still runs its
+ * cleanup with it. GIL held; the target runs no bytecode meanwhile. */
+static int
+exc_is(PyObject *type, PyObject *cls)
+{
+    return type != NULL && type != Py_None && PyType_Check(type)
+           && PyType_IsSubtype((PyTypeObject *)type, (PyTypeObject *)cls);
+}
+
+static PyObject *
+xthread_handling(PyObject *module, PyObject *args)
+{
+    PyObject *ident_obj, *cls;
+    if (!PyArg_ParseTuple(args, "OO!:_handling", &ident_obj, &PyType_Type,
+                          &cls)) {
+        return NULL;
+    }
+    unsigned long ident;
+    if (parse_ident(ident_obj, &ident) < 0) {
+        return NULL;
+    }
+    (void)module;
+    PyThreadState *tstate = find_tstate(ident);
+    if (tstate == NULL) {
+        Py_RETURN_FALSE;
+    }
+    if (exc_is(xthread_raising_type(tstate), cls)) {
+        Py_RETURN_TRUE;
+    }
+    for (_PyErr_StackItem *item = tstate->exc_info; item != NULL;
+         item = item->previous_item) {
+        PyObject *value = item->exc_value;
+        if (value != NULL && value != Py_None
+            && exc_is((PyObject *)Py_TYPE(value), cls)) {
+            Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyObject *
 xthread_nudge(PyObject *module, PyObject *args, PyObject *kwds)
 {
@@ -4754,6 +4796,10 @@ static PyMethodDef xthread_methods[] = {
      set_async_exc_doc},
     {"_deliver", (PyCFunction)(void (*)(void))xthread_deliver,
      METH_VARARGS | METH_KEYWORDS, deliver_doc},
+    {"_handling", xthread_handling, METH_VARARGS,
+     "_handling($module, ident, cls, /)\n--\n\n"
+     "Whether thread ident is raising, or handling in an except or a\n"
+     "finally, an exception of class cls."},
     {"_nudge", (PyCFunction)(void (*)(void))xthread_nudge,
      METH_VARARGS | METH_KEYWORDS, nudge_doc},
     {"_wake_signal", xthread_wake_signal, METH_VARARGS, wake_signal_doc},

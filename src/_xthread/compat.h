@@ -226,6 +226,21 @@ xthread_frame_lasti(PyFrameObject *frame)
 #endif
 }
 
+/* The class of the exception another thread (GIL held, so it is not
+ * running) is raising now, on its way to a handler (borrowed; NULL if
+ * none): 3.12 keeps one exception object (current_exception), before a
+ * (type, value, traceback) triple that may not be normalized yet. */
+static inline PyObject *
+xthread_raising_type(PyThreadState *tstate)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = tstate->current_exception;
+    return exc != NULL ? (PyObject *)Py_TYPE(exc) : NULL;
+#else
+    return tstate->curexc_type;
+#endif
+}
+
 /* The bytecode of a code object, as bytes (new reference): PyCode_GetCode
  * from 3.11 (deoptimized: specialized and instrumented instructions read
  * as their base instruction); co_code before. */
