@@ -100,13 +100,23 @@ class _Code:
         self.checks = set()
         self.jumps = {}
         self.nops = set()
+        # 3.14+ call a with's __enter__ with CALL (after LOAD_SPECIAL):
+        # the check right after it comes before the with's handler covers
+        # anything, and an exception raised there leaves what __enter__
+        # took (a lock) held for good. Not a landing point: the exception
+        # lands at the next check, as on 3.11-3.13 (BEFORE_WITH).
+        enter = False
         for n, i in enumerate(ins):
+            if i.opname == "LOAD_SPECIAL":
+                enter = i.arg in (0, 2)     # __enter__, __aenter__
             if i.opname == "NOP":
                 self.nops.add(i.offset)
             if (i.opname.startswith("CALL")
                     and not i.opname.startswith("CALL_INTRINSIC")
                     and n + 1 < len(ins)):
-                self.checks.add(ins[n + 1].offset)
+                if not enter:
+                    self.checks.add(ins[n + 1].offset)
+                enter = False
             if ("JUMP" in i.opname and isinstance(i.argval, int)
                     and i.argval <= i.offset):
                 self.checks.add(i.offset)
