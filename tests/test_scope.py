@@ -1,6 +1,5 @@
 """The public scope API for libraries built on xthread: ``xthread.Scope``
 and ``time_limit(seconds, exception=...)``."""
-import sys
 import threading
 
 import pytest
@@ -193,10 +192,6 @@ def _nop():
     pass
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason=(
-    "known limit up to 3.11: a delivery a thread sends itself is armed on "
-    "its own trace function and lands inside raise_exc, where it is "
-    "reported as unraisable"))
 def test_scope_in_the_calling_thread():
     """raise_exc from the block's own thread raises at its next check."""
     scope = xthread.Scope()

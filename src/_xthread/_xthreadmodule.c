@@ -3143,7 +3143,9 @@ landing_trace(PyObject *obj, PyFrameObject *frame, int what,
               PyObject *Py_UNUSED(arg))
 {
     recordobject *rec = (recordobject *)obj;
-    if (!rec->armed || rec->outstanding == NULL) {
+    if (!rec->armed || rec->outstanding == NULL || rec->judging) {
+        /* judging: the thread runs the landing's own code (the table,
+         * when it arms itself); never a landing point. */
         return 0;
     }
     xthread_state *state = PyType_GetModuleState(Py_TYPE(rec));
@@ -3241,7 +3243,12 @@ trace_arm_frame(xthread_state *state, recordobject *rec,
                 PyFrameObject *frame)
 {
     PyObject *code = (PyObject *)PyFrame_GetCode(frame);
+    /* A thread arming itself runs the table under its own trace
+     * function: the table's frames are no landing points. */
+    int self = rec->ident == PyThread_get_thread_ident();
+    rec->judging += self;
     PyObject *map = trace_map(state, code, 1);
+    rec->judging -= self;
     Py_DECREF(code);
     PyObject *on = map != NULL
         ? PyObject_GetAttrString((PyObject *)frame, "f_trace_opcodes")
