@@ -319,6 +319,67 @@ def test_kill_overdue_copy_never_lands_inside_the_landing_code():
     assert out.split("\n")[0] == "True ['ThreadKilled'] []", (out, err)
 
 
+def _raise_in_self_by_ident():
+    return xthread.raise_in_thread(xthread.get_ident(), Stop)
+
+
+def _raise_in_self_by_thread():
+    return threading.current_thread().raise_exc(Stop)
+
+
+@pytest.mark.parametrize("send, cls", [
+    pytest.param(_raise_in_self_by_ident, xthread.Thread, id="xthread"),
+    pytest.param(_raise_in_self_by_ident, threading.Thread, id="threading"),
+    pytest.param(_raise_in_self_by_thread, xthread.Thread, id="raise_exc"),
+])
+def test_a_thread_raising_in_itself_takes_the_exception(threads, send, cls):
+    """Sent by a thread to itself, the exception is raised in it at its
+    next check, in reach of its handlers; never reported as unraisable
+    (3.9-3.11 once ran the landing's code under the thread's own arming
+    and lost it there, every time)."""
+    caught = Caught(reraise=False)
+
+    def body():
+        assert send() is True
+        for _ in range(10**6):      # raised at a check in this loop
+            len(())
+        return "not raised"
+
+    # A fresh function each run: its landing table is made by the arming.
+    threads.start(caught.call, types.FunctionType(
+        body.__code__.replace(), globals(), "body", None, body.__closure__),
+        cls=cls)
+    assert type(caught.wait()) is Stop
+    assert caught.result is None
+
+
+def test_a_pool_task_cancelling_its_own_future_is_cancelled():
+    """A running task that cancels its own future gets TaskCancelled,
+    which ends it as a cancel from outside does."""
+    box = {}
+    ready = threading.Event()
+    seen = []
+
+    def task():
+        assert ready.wait(JOIN_TIMEOUT)
+        try:
+            box["future"].cancel()
+            for _ in range(10**6):
+                len(())
+            seen.append("not raised")
+        except xthread.TaskCancelled:
+            seen.append("cancelled")
+            raise
+
+    with xthread.ThreadPoolExecutor(max_workers=1) as pool:
+        box["future"] = fut = pool.submit(task)
+        ready.set()
+        with pytest.raises(Exception) as info:
+            fut.result(JOIN_TIMEOUT)
+    assert seen == ["cancelled"]
+    assert fut.cancelled(), info.value
+
+
 def test_kill_report_of_a_python_loop_is_not_a_c_call(threads):
     # A thread that swallows every ThreadKilled runs Python all along: the
     # report must not say it is stuck in a C call, wherever its frame

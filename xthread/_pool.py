@@ -163,6 +163,13 @@ class Future(_futures.Future):
         Returns True when the future is cancelled; False when it is done
         already (or the task ended an instant before the stop reached
         it)."""
+        # Shielded: a task that cancels its own future takes the stop when
+        # cancel() returns (raised from here), not half-way through it;
+        # a stop sent to the caller meanwhile waits the same way.
+        with _stop.shield():
+            return self._cancel()
+
+    def _cancel(self):
         with self._condition:
             task = self._xthread_task
             if self._state != _RUNNING or task is None:
