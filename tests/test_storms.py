@@ -58,6 +58,15 @@ class Storm:
             except Stop:
                 continue
 
+    @staticmethod
+    def _where(frame):
+        """Where a stuck thread is, innermost first."""
+        where = []
+        while frame is not None:
+            where.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            frame = frame.f_back
+        return where
+
     def run(self, seconds=STORM_S):
         for t in self.threads:
             t.start()
@@ -74,7 +83,10 @@ class Storm:
         self.done.set()
         for t in self.threads:
             t.join(JOIN_TIMEOUT)
-        stuck = [t.name for t in self.threads if t.is_alive()]
+        frames = sys._current_frames()
+        stuck = {t.name: self._where(frames.get(t.ident))
+                 for t in self.threads if t.is_alive()}
+        del frames
         self.threads = [t for t in self.threads if t.is_alive()]
         gc.collect()
         assert not stuck, f"stuck after the storm: {stuck}"

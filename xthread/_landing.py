@@ -34,6 +34,11 @@ __all__ = ["verdict", "table", "not_here", "NO", "LAND", "NEXT"]
 # code object -> _Code
 _cache = {}
 
+_CACHE_MAX = 512
+
+# verdict() answers
+NO, LAND, NEXT = 0, 1, 2
+
 # Code that an armed exception never lands in: xthread's primitives, whose
 # change of state and return must not be split (a permit taken, an item
 # got, a waiter woken). The exception lands in the caller instead, once
@@ -55,10 +60,6 @@ def _mark_own():
     # xthread's registry of started threads: its weakref callback runs
     # in whatever thread drops the last reference to a Thread.
     not_here(_thread._started_threads._remove)
-_CACHE_MAX = 512
-
-# verdict() answers
-NO, LAND, NEXT = 0, 1, 2
 
 
 def _varint(it, first):

@@ -23,7 +23,6 @@ __all__ = [
 sleep = _xthread.sleep
 Lock = _xthread.LockType
 _allocate_lock = _xthread.allocate_lock
-_get_ident = _xthread.get_ident
 _shield_enter = _xthread._shield_enter
 _shield_exit = _xthread._shield_exit
 _call_unshielded = _xthread._call_unshielded
