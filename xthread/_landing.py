@@ -62,6 +62,11 @@ def _mark_own():
     not_here(_thread._started_threads._remove)
 
 
+def _nop():
+    """Called by a thread to take a plain copy of a stop pending in itself
+    out of the interpreter loop (up to 3.11; see XTHREAD_TAKE_PLAIN)."""
+
+
 def _varint(it, first):
     value = first & 63
     while first & 64:

@@ -126,6 +126,9 @@ typedef struct {
      * leaves the callee untraced). */
     PyObject *landing_table;
     PyObject *trace_maps;
+    /* xthread._landing._nop: a thread calls it to take a plain copy
+     * pending in itself (plain_take, XTHREAD_TAKE_PLAIN). */
+    PyObject *plain_nop;
     /* sys.monitoring landing: the module, the tool id held while some
      * delivery is armed (-1: none), how many records are armed, the code
      * objects armed and by how many records, the event bits, and the
@@ -798,6 +801,54 @@ current_record(xthread_state *state)
 static void record_send_next(recordobject *rec);
 static void record_drop_queued(recordobject *rec, unsigned long long scope);
 
+/* A carrier class's attribute: see "A carrier is a class" below. */
+#define CARRIER_ATTR "__xthread_delivery__"
+
+/* Takes the plain copy of rec's exception, pending in the calling
+ * thread (its target), out of the interpreter loop by letting the loop
+ * raise it at the start of a no-op call: unlike a withdrawal, that clears
+ * the async-exception signal (see XTHREAD_TAKE_PLAIN). The carrier is
+ * dropped unraised (its tp_new never runs: it lands nothing). Keeps any
+ * exception that is set. The GIL may be handed over meanwhile, so a
+ * sender may have sent another plain copy: rec->plain tells. */
+static void
+plain_take(recordobject *rec)
+{
+    if (!XTHREAD_TAKE_PLAIN || !xthread_can_take_plain()
+        || rec->ident != PyThread_get_thread_ident()) {
+        return;
+    }
+    xthread_state *state = PyType_GetModuleState(Py_TYPE(rec));
+    if (state == NULL || state->plain_nop == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    for (int tries = 0; rec->plain && tries < 2; tries++) {
+        PyObject *res = PyObject_CallNoArgs(state->plain_nop);
+        if (res != NULL) {
+            Py_DECREF(res);
+            break;      /* nothing was pending: the copy landed already */
+        }
+        PyObject *t, *v, *b;
+        PyErr_Fetch(&t, &v, &b);
+        /* A carrier is ours (the thread's one pending exception); else a
+         * RecursionError or MemoryError of the call itself: the copy is
+         * still pending and gets withdrawn. */
+        int ours = t != NULL && PyType_Check(t)
+                   && PyObject_HasAttrString(t, CARRIER_ATTR);
+        Py_XDECREF(t);
+        Py_XDECREF(v);
+        Py_XDECREF(b);
+        if (!ours) {
+            break;
+        }
+        rec->plain = 0;
+    }
+    PyErr_Restore(type, value, tb);
+}
+
 /* Withdraws an exception sent through xthread that has not landed yet,
  * and whatever was armed for it. GIL held. */
 static void
@@ -805,6 +856,9 @@ record_withdraw(recordobject *rec)
 {
     record_disarm(rec);
     if (rec->outstanding != NULL) {
+        if (rec->plain) {
+            plain_take(rec);
+        }
         if (rec->plain) {
             PyThreadState_SetAsyncExc(rec->ident, NULL);
         }
@@ -2542,9 +2596,9 @@ PyDoc_STRVAR(set_sentinel_doc,
  * It is made from a PyType_Spec with `type` as its metaclass, so that no
  * code of the instance's class runs (no metaclass, no __init_subclass__).
  * Which base it needs differs by version: see XTHREAD_CARRIER_BASE in
- * compat.h. The class attribute CARRIER_ATTR holds a tuple (instance,
+ * compat.h. The class attribute CARRIER_ATTR (defined above) holds a
+ * tuple (instance,
  * record or None, token). */
-#define CARRIER_ATTR "__xthread_delivery__"
 
 static PyObject *
 carrier_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
@@ -2877,9 +2931,12 @@ landing_load(xthread_state *state)
     }
     if (XTHREAD_LANDING == 1) {
         state->landing_table = PyObject_GetAttrString(mod, "table");
+        state->plain_nop = PyObject_GetAttrString(mod, "_nop");
         state->trace_maps = PyDict_New();
-        if (state->landing_table == NULL || state->trace_maps == NULL) {
+        if (state->landing_table == NULL || state->trace_maps == NULL
+            || state->plain_nop == NULL) {
             Py_CLEAR(state->landing_table);
+            Py_CLEAR(state->plain_nop);
             Py_CLEAR(state->trace_maps);
             Py_DECREF(safe);
             Py_DECREF(mod);
@@ -4975,6 +5032,7 @@ xthread_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->landing_verdict);
     Py_VISIT(state->not_here);
     Py_VISIT(state->landing_table);
+    Py_VISIT(state->plain_nop);
     Py_VISIT(state->trace_maps);
     Py_VISIT(state->monitoring);
     Py_VISIT(state->mon_counts);
@@ -4998,6 +5056,7 @@ xthread_clear(PyObject *module)
     Py_CLEAR(state->landing_verdict);
     Py_CLEAR(state->not_here);
     Py_CLEAR(state->landing_table);
+    Py_CLEAR(state->plain_nop);
     Py_CLEAR(state->trace_maps);
     Py_CLEAR(state->monitoring);
     Py_CLEAR(state->mon_counts);

@@ -191,6 +191,32 @@ xthread_get_trace(PyThreadState *Py_UNUSED(tstate))
 }
 #endif
 
+/* Withdrawing a plain copy (PyThreadState_SetAsyncExc(ident, NULL)) on
+ * 3.9-3.11 leaves the interpreter's async-exception signal set: only
+ * raising an exception clears it. On 3.11 a traced thread (an armed
+ * delivery) then spins for ever at its next function start, where the
+ * signal is checked before the call event and nothing clears it. So a
+ * thread withdraws a plain copy pending in itself by letting the loop
+ * raise it at the start of a no-op call, which clears the signal; not
+ * the main thread, where that check runs signal handlers too (their
+ * exception would have nowhere to go). 3.12+ clear the signal with the
+ * withdrawal. */
+#if PY_VERSION_HEX < 0x030C0000
+#  define XTHREAD_TAKE_PLAIN 1
+static inline int
+xthread_can_take_plain(void)
+{
+    return !_PyOS_IsMainThread();
+}
+#else
+#  define XTHREAD_TAKE_PLAIN 0
+static inline int
+xthread_can_take_plain(void)
+{
+    return 0;
+}
+#endif
+
 /* Waking a thread blocked in a system call. From 3.15 (gh-144748,
  * python/cpython PR 145178) PyErr_CheckSignals raises the calling
  * thread's pending asynchronous exception, and the C functions that retry
