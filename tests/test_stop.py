@@ -353,6 +353,60 @@ def test_a_thread_raising_in_itself_takes_the_exception(threads, send, cls):
     assert caught.result is None
 
 
+def test_stops_land_after_someone_withdrew_a_plain_exception():
+    # Withdrawing an exception through the plain API left 3.9-3.11's
+    # async-exception signal set; on 3.11 a thread with an armed stop then
+    # spun for ever at its next function start: a stop sent once (to
+    # itself, to a worker) never landed and the thread hung.
+    rc, out, err = run_script("""
+        import threading, _xthread, xthread
+
+        class Stop(Exception):
+            pass
+
+        def nop():
+            pass
+
+        def spin(started, seen):
+            try:
+                started.set()
+                while True:
+                    nop()
+            except Stop:
+                seen.append("worker")
+
+        def leave_signal_set():
+            blocked = threading.Event()
+            t = threading.Thread(target=blocked.wait, args=(30,))
+            t.start()
+            assert _xthread.set_async_exc(t.ident, RuntimeError) == 1
+            assert _xthread.set_async_exc(t.ident, None) == 1
+            blocked.set()
+            t.join()
+
+        seen = []
+        leave_signal_set()
+        try:
+            with xthread.Scope() as scope:
+                assert scope.raise_exc(Stop)
+                for _ in range(1000):
+                    nop()
+        except Stop:
+            seen.append("main")
+
+        leave_signal_set()
+        started = threading.Event()
+        t = xthread.Thread(target=spin, args=(started, seen), daemon=True)
+        t.start()
+        assert started.wait(30)
+        assert t.raise_exc(Stop)
+        t.join(30)
+        print(*seen)
+    """)
+    assert_clean_exit(rc, out, err)
+    assert out.split() == ["main", "worker"]
+
+
 def test_a_pool_task_cancelling_its_own_future_is_cancelled():
     """A running task that cancels its own future gets TaskCancelled,
     which ends it as a cancel from outside does."""

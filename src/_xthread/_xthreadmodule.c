@@ -127,8 +127,10 @@ typedef struct {
     PyObject *landing_table;
     PyObject *trace_maps;
     /* xthread._landing._nop: a thread calls it to take a plain copy
-     * pending in itself (plain_take, XTHREAD_TAKE_PLAIN). */
+     * pending in itself (plain_take, XTHREAD_TAKE_PLAIN), or a throwaway
+     * exception of class signal_clearer (signal_clear). */
     PyObject *plain_nop;
+    PyObject *signal_clearer;
     /* sys.monitoring landing: the module, the tool id held while some
      * delivery is armed (-1: none), how many records are armed, the code
      * objects armed and by how many records, the event bits, and the
@@ -847,6 +849,49 @@ plain_take(recordobject *rec)
         rec->plain = 0;
     }
     PyErr_Restore(type, value, tb);
+}
+
+/* Clears the async-exception signal that a withdrawal may have left set
+ * (see XTHREAD_TAKE_PLAIN) before the caller arms a delivery: raises a
+ * throwaway exception in the calling thread at the start of a no-op call.
+ * Not when the caller has an exception of its own pending (it clears the
+ * signal when it lands) or an armed delivery of its own (which would
+ * land in the call). Returns 0, or -1 with the exception that the call
+ * raised instead (a signal handler's, in the main thread). */
+static recordobject *current_record_if_any(xthread_state *state);
+
+static int
+signal_clear(xthread_state *state)
+{
+    if (!XTHREAD_TAKE_PLAIN || state->signal_clearer == NULL
+        || xthread_own_async_pending()) {
+        return 0;
+    }
+    recordobject *own = current_record_if_any(state);
+    if (own != NULL && own->armed) {
+        return 0;
+    }
+    unsigned long me = PyThread_get_thread_ident();
+    if (PyThreadState_SetAsyncExc(me, state->signal_clearer) != 1) {
+        return 0;
+    }
+    PyObject *res = PyObject_CallNoArgs(state->plain_nop);
+    if (res != NULL) {
+        /* Not raised there (cannot happen): take it back. */
+        Py_DECREF(res);
+        PyThreadState_SetAsyncExc(me, NULL);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(state->signal_clearer)) {
+        PyErr_Clear();
+        return 0;
+    }
+    /* Raised before ours (a signal handler's): ours is still pending. */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyThreadState_SetAsyncExc(me, NULL);
+    PyErr_Restore(type, value, tb);
+    return -1;
 }
 
 /* Withdraws an exception sent through xthread that has not landed yet,
@@ -2932,11 +2977,14 @@ landing_load(xthread_state *state)
     if (XTHREAD_LANDING == 1) {
         state->landing_table = PyObject_GetAttrString(mod, "table");
         state->plain_nop = PyObject_GetAttrString(mod, "_nop");
+        state->signal_clearer = PyErr_NewException(
+            "_xthread.SignalClearer", PyExc_BaseException, NULL);
         state->trace_maps = PyDict_New();
         if (state->landing_table == NULL || state->trace_maps == NULL
-            || state->plain_nop == NULL) {
+            || state->plain_nop == NULL || state->signal_clearer == NULL) {
             Py_CLEAR(state->landing_table);
             Py_CLEAR(state->plain_nop);
+            Py_CLEAR(state->signal_clearer);
             Py_CLEAR(state->trace_maps);
             Py_DECREF(safe);
             Py_DECREF(mod);
@@ -3994,6 +4042,9 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
     landing_load(state);
     PyObject *result = NULL, *carrier = NULL;
     recordobject *rec = NULL;
+    if (signal_clear(state) < 0) {
+        goto done;
+    }
     reg_entry *entry = registry_find_live(state, ident);
     if (entry != NULL) {
         rec = entry_record(state, entry);
@@ -5033,6 +5084,7 @@ xthread_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->not_here);
     Py_VISIT(state->landing_table);
     Py_VISIT(state->plain_nop);
+    Py_VISIT(state->signal_clearer);
     Py_VISIT(state->trace_maps);
     Py_VISIT(state->monitoring);
     Py_VISIT(state->mon_counts);
@@ -5057,6 +5109,7 @@ xthread_clear(PyObject *module)
     Py_CLEAR(state->not_here);
     Py_CLEAR(state->landing_table);
     Py_CLEAR(state->plain_nop);
+    Py_CLEAR(state->signal_clearer);
     Py_CLEAR(state->trace_maps);
     Py_CLEAR(state->monitoring);
     Py_CLEAR(state->mon_counts);

@@ -199,8 +199,11 @@ xthread_get_trace(PyThreadState *Py_UNUSED(tstate))
  * thread withdraws a plain copy pending in itself by letting the loop
  * raise it at the start of a no-op call, which clears the signal; not
  * the main thread, where that check runs signal handlers too (their
- * exception would have nowhere to go). 3.12+ clear the signal with the
- * withdrawal. */
+ * exception would have nowhere to go). And since anyone can leave the
+ * signal set (a withdrawal through the plain API, xthread's own in the
+ * main thread), a sender clears it the same way, with a throwaway
+ * exception raised in itself, before it arms a delivery. 3.12+ clear the
+ * signal with the withdrawal. */
 #if PY_VERSION_HEX < 0x030C0000
 #  define XTHREAD_TAKE_PLAIN 1
 static inline int
@@ -208,10 +211,21 @@ xthread_can_take_plain(void)
 {
     return !_PyOS_IsMainThread();
 }
+/* Whether the calling thread has an exception pending in its loop. */
+static inline int
+xthread_own_async_pending(void)
+{
+    return PyThreadState_Get()->async_exc != NULL;
+}
 #else
 #  define XTHREAD_TAKE_PLAIN 0
 static inline int
 xthread_can_take_plain(void)
+{
+    return 0;
+}
+static inline int
+xthread_own_async_pending(void)
 {
     return 0;
 }
