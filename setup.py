@@ -10,7 +10,7 @@ setup(
         Extension(
             "_xthread",
             sources=["src/_xthread/_xthreadmodule.c"],
-            depends=["src/_xthread/compat.h"],
+            depends=["src/_xthread/compat.h", "src/_xthread/sanitizer.h"],
             extra_compile_args=["-std=c11", "-Wall", "-Wextra"],
         )
     ],

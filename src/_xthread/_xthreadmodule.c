@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "compat.h"
+#include "sanitizer.h"
 
 // Module state
 
@@ -974,6 +975,7 @@ static PyLockStatus
 park_once(recordobject *rec, long long timeout_us)
 {
     PyLockStatus r;
+    xthread_sanitizer_may_end_here();
     Py_BEGIN_ALLOW_THREADS
     r = sem_wait_for(rec->park, &rec->park_posted, timeout_us, 1);
     Py_END_ALLOW_THREADS
@@ -1196,6 +1198,7 @@ static PyLockStatus
 park_on_core(lock_core *core, waiter *w, long long timeout_us)
 {
     PyLockStatus r;
+    xthread_sanitizer_may_end_here();
     Py_BEGIN_ALLOW_THREADS
     r = sem_wait_for(w->rec->park, &w->rec->park_posted, timeout_us, 1);
     PyThread_acquire_lock(lock_core_mutex(core), WAIT_LOCK);
@@ -1230,6 +1233,7 @@ static int
 lock_core_spin(lock_core *core, long long max_us, long long deadline_us)
 {
     int taken = 0;
+    xthread_sanitizer_may_end_here();
     Py_BEGIN_ALLOW_THREADS
     long long until = monotonic_us() + max_us;
     if (deadline_us != 0 && deadline_us < until) {
@@ -2248,6 +2252,7 @@ thread_run(void *arg)
     }
 
     current_boot = boot;
+    xthread_sanitizer_may_end_here();
     PyEval_AcquireThread(tstate);
     thread_say_running(boot);
 
