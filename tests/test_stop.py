@@ -14,6 +14,7 @@ polled, bounded. Timings are asserted only as loose bounds (``PROMPT``), or
 as "never before the deadline", which holds on any machine.
 """
 import contextlib
+import itertools
 import sys
 import threading
 import time
@@ -405,6 +406,27 @@ def test_stops_land_after_someone_withdrew_a_plain_exception():
     """)
     assert_clean_exit(rc, out, err)
     assert out.split() == ["main", "worker"]
+
+
+@pytest.mark.parametrize("consume", [
+    pytest.param(lambda f, items: any(map(f, items)), id="any-map"),
+    pytest.param(lambda f, items: max(items, key=f), id="max-key"),
+])
+def test_a_limit_stops_a_c_call_that_calls_back_into_python(consume):
+    """A C function that calls Python code in a loop (map, key=) is
+    stopped inside the loop: the callbacks have no landing point of their
+    own, and 3.12+ once let the limit wait for the whole call."""
+    calls = [0]
+    total = 10**8          # a minute or more of callbacks
+
+    def callback(item):
+        calls[0] += 1
+        return False
+
+    with pytest.raises(TimeLimitExceeded):
+        with xthread.time_limit(0.05):
+            consume(callback, itertools.repeat(0, total))
+    assert 0 < calls[0] < total
 
 
 def test_a_pool_task_cancelling_its_own_future_is_cancelled():
