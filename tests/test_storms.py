@@ -1,7 +1,9 @@
 """Storms: many stops sent at random moments to threads that use xthread's
 locks, conditions, queues and limits. Afterwards every lock is free, every
 ``finally`` ran once per entry, no stop escaped its handler or was
-replaced by another exception, and no thread is stuck.
+replaced by another exception, and no thread is stuck. Then the
+interpreter's exit with daemon xthreads in every state, and a thread
+start that the OS refuses.
 
 Each storm is bounded in time (``STORM_S``) and every wait after it too.
 """
@@ -14,7 +16,7 @@ import time
 import pytest
 
 import xthread
-from helpers import JOIN_TIMEOUT
+from helpers import JOIN_TIMEOUT, assert_clean_exit, run_script
 
 STORM_S = 3.0
 
@@ -167,3 +169,140 @@ def test_storm_on_nested_time_limits_keeps_every_limit_working():
         with xthread.time_limit(0.01):
             xthread.sleep(JOIN_TIMEOUT)
     assert not sys.exc_info()[0]
+
+
+# Exit storm: the interpreter exits while daemon xthreads are in every
+# state. Exit code and stderr are what the same program gives without
+# the threads; never a hang, a crash or an abort.
+
+EXIT_STORM = """
+    import sys, threading, time
+    import _xthread, xthread
+
+    how = sys.argv[1]
+    ready = threading.Semaphore(0)
+
+    def spin():
+        ready.release()
+        while True:
+            pass
+
+    def c_call():
+        ready.release()
+        time.sleep(3600)
+
+    def killable():
+        ready.release()
+        xthread.sleep(3600)
+
+    def in_limit():
+        with xthread.time_limit(3600):
+            ready.release()
+            while True:
+                pass
+
+    def swallower():
+        ready.release()
+        while True:
+            try:
+                while True:
+                    pass
+            except BaseException:
+                pass
+
+    def locked(lock):
+        ready.release()
+        with lock:
+            pass
+
+    def starter():
+        ready.release()
+        while True:
+            t = xthread.Thread(target=len, args=((),), daemon=True)
+            try:
+                t.start()
+            except RuntimeError:
+                return      # refused: the interpreter is exiting
+
+    held = xthread.Lock()
+    held.acquire()
+    targets = [spin, c_call, killable, in_limit, swallower, starter,
+               lambda: locked(held)]
+    threads = []
+    for target in targets:
+        t = xthread.Thread(target=target, daemon=True)
+        t.start()
+        threads.append(t)
+    # Busy pool workers: as with stdlib's pool, exit waits for their
+    # tasks (so these end).
+    def task(wait):
+        ready.release()
+        wait(0.3)
+    pool = xthread.ThreadPoolExecutor(max_workers=2)
+    pool.submit(task, time.sleep)
+    pool.submit(task, xthread.sleep)
+    for _ in range(len(targets) + 2):
+        assert ready.acquire(timeout=30)
+    # A kill under way at exit.
+    killer = xthread.Thread(target=threads[4].kill, daemon=True)
+    killer.start()
+    if how == "exit":
+        sys.exit(3)
+    if how == "raise":
+        raise KeyError("uncaught in main")
+    print("end of script")
+"""
+
+
+@pytest.mark.parametrize("how, rc", [("return", 0), ("exit", 3),
+                                     ("raise", 1)])
+def test_exit_storm_exits_as_stdlib_would(how, rc):
+    for _ in range(3):
+        code, out, err = run_script(EXIT_STORM, args=(how,))
+        assert_clean_exit(code, out, err, expected_rc=rc)
+        if how == "return":
+            assert out == "end of script\n" and err == ""
+        elif how == "exit":
+            assert out == "" and err == ""
+        else:
+            assert err.rstrip().endswith("KeyError: 'uncaught in main'")
+            assert err.count("Traceback") == 1, err
+
+
+# Start refused: the OS will not make another thread.
+
+def test_start_refused_by_the_os_raises_and_leaves_nothing_behind():
+    # A stack no machine can map (a low RLIMIT_NPROC would do too, but
+    # not for root, which CI may be).
+    code, out, err = run_script("""
+        import threading
+        import _xthread, xthread
+
+        before = _xthread._count()
+        _xthread.stack_size(1 << 46)
+        threading.stack_size(1 << 46)
+        refused = []
+        for cls in (xthread.Thread, threading.Thread):
+            t = cls(target=len, args=((),))
+            try:
+                t.start()
+            except RuntimeError as exc:
+                refused.append((cls.__module__, str(exc)))
+        with xthread.ThreadPoolExecutor(max_workers=1) as pool:
+            try:
+                pool.submit(len, ()).result(30)
+            except RuntimeError as exc:
+                refused.append(("pool", str(exc)))
+        _xthread.stack_size(0)
+        threading.stack_size(0)
+        t = xthread.Thread(target=len, args=((),))
+        t.start()
+        t.join(30)
+        print(len(refused), _xthread._count() == before, t.is_alive())
+        for who, why in refused:
+            print(who, why)
+    """)
+    assert_clean_exit(code, out, err)
+    lines = out.splitlines()
+    assert lines[0] == "3 True False", out
+    assert all("can't start new thread" in line for line in lines[1:]), out
