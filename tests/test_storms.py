@@ -306,3 +306,61 @@ def test_start_refused_by_the_os_raises_and_leaves_nothing_behind():
     lines = out.splitlines()
     assert lines[0] == "3 True False", out
     assert all("can't start new thread" in line for line in lines[1:]), out
+
+
+def test_storm_on_short_lived_threads_inside_limits():
+    # Threads that enter and leave limits and end, while two killers send
+    # them stops at random: the moments a limit fires, a scope closes and
+    # a thread ends all meet a delivery (3.11 once crashed here). In a
+    # subprocess, so that a crash fails this test only.
+    code, out, err = run_script("""
+        import random, sys, threading, time
+        import xthread
+
+        class Stop(Exception):
+            pass
+
+        STORM_S = float(sys.argv[1])
+        end = time.monotonic() + STORM_S
+        alive = []
+
+        def body():
+            try:
+                for _ in range(3):
+                    try:
+                        with xthread.time_limit(0.001 + random.random() / 500):
+                            x = 0
+                            for i in range(300):
+                                x += i
+                    except (Stop, xthread.TimeLimitExceeded):
+                        pass
+            except Stop:
+                pass
+
+        def killer():
+            rng = random.Random()
+            while time.monotonic() < end:
+                threads = list(alive)
+                if threads:
+                    rng.choice(threads).raise_exc(Stop)
+
+        killers = [threading.Thread(target=killer) for _ in range(2)]
+        for k in killers:
+            k.start()
+        started = 0
+        while time.monotonic() < end:
+            t = xthread.Thread(target=body, daemon=True)
+            t.start()
+            alive.append(t)
+            started += 1
+            if len(alive) > 8:
+                alive.pop(0).join(30)
+        for k in killers:
+            k.join(30)
+        for t in alive:
+            t.join(30)
+        print(started, sum(t.is_alive() for t in alive))
+    """, args=(str(STORM_S),))
+    assert_clean_exit(code, out, err)
+    started, stuck = map(int, out.split())
+    assert started > 10 and stuck == 0, out
