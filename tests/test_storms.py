@@ -364,3 +364,86 @@ def test_storm_on_short_lived_threads_inside_limits():
     assert_clean_exit(code, out, err)
     started, stuck = map(int, out.split())
     assert started > 10 and stuck == 0, out
+
+
+def test_fork_storm_children_can_start_kill_and_join():
+    # fork() while other threads start, end, wait on xthread's locks and
+    # are killed: each child must be able to start, kill and join a
+    # thread, and take and let go of the locks, then exit 0. A child that
+    # hangs (a mutex inherited held) is killed and counted.
+    code, out, err = run_script("""
+        import os, signal, sys, threading, time
+        import xthread
+
+        STORM_S = float(sys.argv[1])
+        end = time.monotonic() + STORM_S
+        lock = xthread.Lock()
+        cond = xthread.Condition()
+        q = xthread.Queue()
+
+        def worker():
+            while time.monotonic() < end:
+                with lock:
+                    pass
+                with cond:
+                    cond.wait(0.0005)
+                q.put(1)
+                q.get(timeout=0.01)
+
+        def spin():
+            while True:
+                pass
+
+        def churn():
+            while time.monotonic() < end:
+                t = xthread.Thread(target=spin, daemon=True)
+                t.start()
+                t.kill(timeout=5)
+                t.join(5)
+
+        def in_child():
+            t = xthread.Thread(target=spin, daemon=True)
+            t.start()
+            result = t.kill(timeout=10)
+            t.join(10)
+            ok = result.ended and not t.is_alive()
+            ok = ok and lock.acquire(timeout=5)
+            lock.release()
+            with cond:
+                cond.notify_all()
+            q.put(2)
+            return ok and q.get(timeout=5) in (1, 2)
+
+        threads = [threading.Thread(target=f) for f in
+                   (worker, worker, churn)]
+        for t in threads:
+            t.start()
+        forks = hung = failed = 0
+        while time.monotonic() < end:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    code = 0 if in_child() else 1
+                except BaseException:
+                    code = 2
+                os._exit(code)
+            forks += 1
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    failed += os.waitstatus_to_exitcode(status) != 0
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    hung += 1
+                    break
+                time.sleep(0.005)
+        for t in threads:
+            t.join(30)
+        print(forks, hung, failed)
+    """, args=(str(STORM_S),))
+    assert_clean_exit(code, out, err)
+    forks, hung, failed = map(int, out.split())
+    assert forks > 3 and hung == 0 and failed == 0, out

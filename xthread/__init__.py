@@ -6,6 +6,11 @@ to run through a handshake in C, and ``join()`` waits in C.
 """
 import _xthread
 
+# Imported now, not by the first stop (which would import it from C): an
+# import under way in another thread when the process forks leaves that
+# module's import lock held in the child for ever, and the child's first
+# stop would hang on it.
+from . import _landing  # noqa: F401
 from ._stop import (KillResult, Scope, ThreadKilled, TimeLimitExceeded,
                     raise_in_thread, shield, time_limit, wake_signal)
 from ._sync import (BoundedSemaphore, Condition, Event, LifoQueue, Lock,
