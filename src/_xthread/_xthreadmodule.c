@@ -3024,8 +3024,7 @@ landing_load(xthread_state *state)
         }
         state->monitoring = Py_NewRef(mon);
     }
-    if ((XTHREAD_SIGNAL_WAKES || XTHREAD_LANDING == 2)
-        && wake_load_call_ops(state) < 0) {
+    if (XTHREAD_SIGNAL_WAKES && wake_load_call_ops(state) < 0) {
         Py_DECREF(safe);
         Py_DECREF(mod);
         goto failed;
@@ -3513,70 +3512,17 @@ landing_on_instruction(PyObject *module, PyObject *const *args,
     return res;
 }
 
-/* How long an armed delivery may go without landing before a
- * re-delivery also sends it plain (see xthread_deliver), and before it
- * lands at the start of a called frame (start_lands_overdue). */
-#define PLAIN_AFTER_US 50000
-
-static int frame_at_call(xthread_state *state, PyFrameObject *frame);
-
-/* Whether a delivery that has waited PLAIN_AFTER_US for a landing point
- * may land at the start of the frame that starts now (code `code`): one
- * called from a call instruction of a Python frame (directly, or through
- * C code such as map() or sorted(key=...)), where the exception reaches
- * that call and its frame's handlers apply, as the trace landing of
- * 3.9-3.11 does at every call. Never an __exit__ or __aexit__ (it must
- * run), a __del__ (its exception would be reported and dropped), or one
- * of xthread's own primitives. Never fails. */
-static int
-start_lands_overdue(xthread_state *state, recordobject *rec, PyObject *code)
-{
-    if (monotonic_us() - rec->sent_at_us < PLAIN_AFTER_US
-        || !PyCode_Check(code)
-        || code_is_own(state, (PyCodeObject *)code)) {
-        return 0;
-    }
-    PyObject *name = ((PyCodeObject *)code)->co_name;
-    if (PyUnicode_CompareWithASCIIString(name, "__exit__") == 0
-        || PyUnicode_CompareWithASCIIString(name, "__aexit__") == 0
-        || PyUnicode_CompareWithASCIIString(name, "__del__") == 0) {
-        return 0;
-    }
-    PyFrameObject *frame = PyEval_GetFrame();      /* borrowed: the new one */
-    PyFrameObject *back = frame != NULL ? PyFrame_GetBack(frame) : NULL;
-    if (back == NULL) {
-        return 0;
-    }
-    int at_call = frame_at_call(state, back);
-    Py_DECREF(back);
-    return at_call;
-}
-
-/* sys.monitoring PY_START (a call) and PY_RESUME (a generator or
- * coroutine resumed): arm the frame's code. A start lands an overdue
- * delivery (start_lands_overdue): code that C calls back in a loop (map,
- * sorted's key) may have no landing point of its own, and each start
- * would arm it anew while the C call never ends. */
 static PyObject *
-landing_on_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-                 int start)
+landing_on_py_start(PyObject *module, PyObject *const *args,
+                    Py_ssize_t nargs)
 {
+    /* A call, or a generator or coroutine resumed: arm its code. (Not
+     * raised here: a frame's start may be an __exit__ that must run.) */
     xthread_state *state = get_xthread_state(module);
     recordobject *rec = current_record_if_any(state);
     if (rec == NULL || !rec->armed || rec->outstanding == NULL || nargs < 1
         || state->mon_tool < 0) {
         Py_RETURN_NONE;
-    }
-    if (start && rec->judging == 0
-        && start_lands_overdue(state, rec, args[0])) {
-        if (rec->plain) {
-            PyThreadState_SetAsyncExc(rec->ident, NULL);
-            rec->plain = 0;
-        }
-        Py_INCREF(rec);
-        PyObject *res = raise_outstanding(rec);
-        Py_DECREF(rec);
-        return res;
     }
     if (mon_arm_code(state, rec, args[0]) < 0) {
         PyErr_WriteUnraisable((PyObject *)rec);
@@ -3584,26 +3530,12 @@ landing_on_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     Py_RETURN_NONE;
 }
 
-static PyObject *
-landing_on_py_start(PyObject *module, PyObject *const *args,
-                    Py_ssize_t nargs)
-{
-    return landing_on_frame(module, args, nargs, 1);
-}
-
-static PyObject *
-landing_on_py_resume(PyObject *module, PyObject *const *args,
-                     Py_ssize_t nargs)
-{
-    return landing_on_frame(module, args, nargs, 0);
-}
-
 static PyMethodDef landing_callbacks[] = {
     {"_landing_on_instruction", (PyCFunction)(void (*)(void))landing_on_instruction,
      METH_FASTCALL, NULL},
     {"_landing_on_py_start", (PyCFunction)(void (*)(void))landing_on_py_start,
      METH_FASTCALL, NULL},
-    {"_landing_on_py_resume", (PyCFunction)(void (*)(void))landing_on_py_resume,
+    {"_landing_on_py_resume", (PyCFunction)(void (*)(void))landing_on_py_start,
      METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL}
 };
@@ -3924,13 +3856,19 @@ thread_in_own_code(xthread_state *state, PyThreadState *tstate)
     return own;
 }
 
-/* Whether `frame` is at a call instruction, in code not xthread's own.
- * Never fails. */
+/* Whether the thread of `tstate` (another thread; the caller holds the
+ * GIL, so that thread runs no bytecode) is inside a call: its innermost
+ * frame is at a call instruction. Never fails. */
 static int
-frame_at_call(xthread_state *state, PyFrameObject *frame)
+wake_in_call(xthread_state *state, PyThreadState *tstate)
 {
+    PyFrameObject *frame = PyThreadState_GetFrame(tstate);
+    if (frame == NULL) {
+        return 0;
+    }
     int lasti = xthread_frame_lasti(frame);
     PyCodeObject *code = PyFrame_GetCode(frame);
+    Py_DECREF(frame);
     int in_call = 0;
     if (code_is_own(state, code)) {
         Py_DECREF(code);
@@ -3949,21 +3887,6 @@ frame_at_call(xthread_state *state, PyFrameObject *frame)
         }
     }
     Py_DECREF(bytes);
-    return in_call;
-}
-
-/* Whether the thread of `tstate` (another thread; the caller holds the
- * GIL, so that thread runs no bytecode) is inside a call: its innermost
- * frame is at a call instruction. Never fails. */
-static int
-wake_in_call(xthread_state *state, PyThreadState *tstate)
-{
-    PyFrameObject *frame = PyThreadState_GetFrame(tstate);
-    if (frame == NULL) {
-        return 0;
-    }
-    int in_call = frame_at_call(state, frame);
-    Py_DECREF(frame);
     return in_call;
 }
 
@@ -4075,6 +3998,9 @@ wake_until_landed(xthread_state *state, unsigned long ident,
  * call never lands; the cap bounds what that costs the sender. */
 #define HANDOFF_US 2000
 
+/* How long an armed delivery may go without landing before a
+ * re-delivery also sends it plain (see xthread_deliver). */
+#define PLAIN_AFTER_US 50000
 
 static void
 hand_over_gil(xthread_state *state, recordobject *rec, int woken)
