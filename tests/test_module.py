@@ -404,18 +404,104 @@ def _workload():
     _xthread._count()
 
 
-def _growth(measure, windows=5, runs=20):
+def _stops_workload():
+    """One pass over xthread's stopping paths and their error paths: kill,
+    raise_exc into a killable wait, a limit that fires, a scope and a
+    shield in the calling thread, the primitives, the pool, and the entry
+    points' refusals."""
+    import xthread
+
+    class Stop(Exception):
+        pass
+
+    def spin():
+        while True:
+            len(())
+
+    t = xthread.Thread(target=spin, daemon=True)
+    t.start()
+    assert t.kill(timeout=JOIN_TIMEOUT).ended
+    t.join(JOIN_TIMEOUT)
+
+    caught = []
+
+    def sleeper(ready):
+        try:
+            ready.set()
+            xthread.sleep(JOIN_TIMEOUT)
+        except Stop as exc:
+            caught.append(exc)
+
+    ready = xthread.Event()
+    t = xthread.Thread(target=sleeper, args=(ready,))
+    t.start()
+    assert ready.wait(JOIN_TIMEOUT)
+    t.raise_exc(Stop("wake"))
+    t.join(JOIN_TIMEOUT)
+    assert len(caught) == 1
+
+    try:
+        with xthread.time_limit(0.005):
+            spin()
+    except xthread.TimeLimitExceeded:
+        pass
+    try:
+        with xthread.Scope() as scope:
+            scope.raise_exc(Stop)
+            for _ in range(100):
+                len(())
+    except Stop:
+        pass
+    try:
+        with xthread.shield():
+            xthread.raise_in_thread(xthread.get_ident(), Stop)
+    except Stop:
+        pass
+
+    rlock, cond = xthread.RLock(), xthread.Condition()
+    with rlock, rlock:
+        pass
+    with cond:
+        cond.wait(0.001)
+        cond.notify_all()
+    sem, q = xthread.BoundedSemaphore(1), xthread.Queue()
+    with sem:
+        q.put(1)
+        q.get(timeout=JOIN_TIMEOUT)
+
+    # (Not a running task's cancel: its resend timers keep the task for
+    # the pool's grace period, which reads as growth here.)
+    with xthread.ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(len, ()).result(JOIN_TIMEOUT) == 0
+
+    ident = xthread.get_ident()
+    _xthread._find_record(ident)
+    _xthread._handling(ident, Stop)
+    _xthread._nudge(ident)
+    for call in (lambda: xthread.raise_in_thread("1", Stop),
+                 lambda: xthread.raise_in_thread(-1, Stop),
+                 lambda: xthread.raise_in_thread(ident, 42),
+                 lambda: xthread.time_limit(-1).__enter__(),
+                 lambda: xthread.sleep(float("nan")),
+                 lambda: rlock.release()):
+        try:
+            call()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+
+
+def _growth(measure, windows=5, runs=20, workload=_workload):
     """How much ``measure()`` grows over each of ``windows`` windows of
     ``runs`` workloads, after a warm-up (caches, free lists, interned
     strings, thread stacks)."""
     for _ in range(5):
-        _workload()
+        workload()
     deltas = []
     for _ in range(windows):
         gc.collect()
         before = measure()
         for _ in range(runs):
-            _workload()
+            workload()
         gc.collect()
         deltas.append(measure() - before)
     return deltas
@@ -437,4 +523,16 @@ def test_no_reference_leaks():
 @needs_debug_build
 def test_no_memory_block_leaks():
     deltas = _growth(sys.getallocatedblocks)
+    assert min(deltas) < 20, f"memory blocks gained per 20 runs: {deltas}"
+
+
+@needs_debug_build
+def test_no_reference_leaks_in_stops():
+    deltas = _growth(sys.gettotalrefcount, workload=_stops_workload)
+    assert min(deltas) < 20, f"references gained per 20 runs: {deltas}"
+
+
+@needs_debug_build
+def test_no_memory_block_leaks_in_stops():
+    deltas = _growth(sys.getallocatedblocks, workload=_stops_workload)
     assert min(deltas) < 20, f"memory blocks gained per 20 runs: {deltas}"
