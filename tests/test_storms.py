@@ -254,6 +254,12 @@ EXIT_STORM = """
 """
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason=(
+    "known CPython 3.9/3.10 race: a daemon thread that wakes in take_gil "
+    "after finalization has ended reads the freed interpreter (seen on "
+    "3.10, 1 exit in about 13: SIGSEGV in COMPUTE_EVAL_BREAKER under "
+    "take_gil, the main thread already in the C library's exit "
+    "handlers); 3.9 shares that code"))
 @pytest.mark.parametrize("how, rc", [("return", 0), ("exit", 3),
                                      ("raise", 1)])
 def test_exit_storm_exits_as_stdlib_would(how, rc):
