@@ -30,7 +30,7 @@ _call_unshielded = _xthread._call_unshielded
 
 # C, so that its bookkeeping and its wait are one call: an exception that
 # lands as acquire() returns never finds the lock taken and its owner not
-# yet noted (see _xthreadmodule.c, "RLock").
+# yet noted (see src/_xthread/lock.c, "RLock").
 RLock = _xthread.RLock
 
 

@@ -298,4 +298,14 @@ xthread_code_bytes(PyCodeObject *code)
  * (gh-110850). Both spell the same name; the value is only read at run
  * time, so nothing to do but say so here. */
 
+/* Py_mod_multiple_interpreters: added in 3.12 (PEP 684); a module
+ * without the slot is taken to support subinterpreters that share the
+ * main GIL, which is what this one claims. */
+#ifdef Py_mod_multiple_interpreters
+#  define XTHREAD_SHARED_GIL_SLOT \
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_SUPPORTED},
+#else
+#  define XTHREAD_SHARED_GIL_SLOT
+#endif
+
 #endif /* XTHREAD_COMPAT_H */

@@ -1,0 +1,732 @@
+/* record.c: the registry of the threads that xthread knows (a hash table
+ * by ident, safe across fork()), their records (the ThreadRecord type),
+ * and the functions that find a thread's entry, record or thread state.
+ * What each offers and who may call it: record.h. */
+#include "xthread.h"
+#include "deliver.h"
+#include "landing.h"
+#include "thread.h"
+#include "record.h"
+
+// Fork
+
+/* The process's id, kept by a fork handler. A mutex taken without the
+ * GIL (the registry's, a lock's) may be held at fork() by a thread that
+ * does not exist in the child: each remembers the process it was made for,
+ * and the first use in another process gives it a fresh one (the old one
+ * is leaked, as CPython's _PyThread_at_fork_reinit does). */
+static atomic_int xthread_pid;
+static unsigned long xthread_forked_by;     /* the only thread in a child */
+static unsigned long xthread_forked_native; /* its OS id there */
+
+static void
+xthread_pid_after_fork(void)
+{
+    xthread_forked_by = PyThread_get_thread_ident();
+    xthread_forked_native = PyThread_get_thread_native_id();
+    atomic_store(&xthread_pid, (int)getpid());
+}
+
+void
+xthread_pid_init(void)
+{
+    atomic_store(&xthread_pid, (int)getpid());
+    (void)pthread_atfork(NULL, NULL, xthread_pid_after_fork);
+}
+
+int
+current_pid(void)
+{
+    return atomic_load(&xthread_pid);
+}
+
+#define PID_RENEWING (-1)
+
+/* Returns `*mutex`, first made anew if it was made in another process
+ * (`*pid` tells): then `renew(arg)` runs too, with the new mutex not yet
+ * published, for what else the parent's threads left behind. Safe
+ * without the GIL: one caller renews, any other waits for it. */
+PyThread_type_lock
+fork_safe_mutex(PyThread_type_lock *mutex, atomic_int *pid,
+                void (*renew)(void *), void *arg)
+{
+    int now = current_pid();
+    int seen = atomic_load(pid);
+    while (seen != now) {
+        if (seen != PID_RENEWING
+            && atomic_compare_exchange_weak(pid, &seen, PID_RENEWING)) {
+            PyThread_type_lock fresh = PyThread_allocate_lock();
+            if (fresh != NULL) {
+                *mutex = fresh;     /* else keep the old one: no better */
+            }
+            if (renew != NULL) {
+                renew(arg);
+            }
+            atomic_store(pid, now);
+            break;
+        }
+        sched_yield();
+        seen = atomic_load(pid);
+    }
+    return *mutex;
+}
+
+static void registry_drop_stale(void *reg);
+
+PyThread_type_lock
+registry_mutex(struct xthread_registry *reg)
+{
+    return fork_safe_mutex(&reg->mutex, &reg->pid, registry_drop_stale,
+                           reg);
+}
+
+/* Idents are addresses of thread control blocks, aligned and a stack
+ * apart: mix the high bits in. */
+static inline size_t
+registry_chain(const xthread_registry *reg, unsigned long ident)
+{
+    unsigned long long h = (unsigned long long)ident * 0x9E3779B97F4A7C15ULL;
+    return (size_t)(h >> 32) & (reg->nchains - 1);
+}
+
+static void
+registry_push(xthread_registry *reg, reg_entry *e)
+{
+    reg_entry **chain = &reg->chains[registry_chain(reg, e->ident)];
+    e->prev = NULL;
+    e->next = *chain;
+    if (*chain != NULL) {
+        (*chain)->prev = e;
+    }
+    *chain = e;
+}
+
+/* Doubles the table, keeping each chain's order (newest first). With the
+ * mutex held; no GIL needed. On allocation failure the chains just grow
+ * longer. */
+static void
+registry_grow(xthread_registry *reg)
+{
+    size_t old_n = reg->nchains;
+    reg_entry **old = reg->chains;
+    reg_entry **grown = PyMem_RawCalloc(old_n * 2, sizeof(reg_entry *));
+    if (grown == NULL) {
+        return;
+    }
+    reg->chains = grown;
+    reg->nchains = old_n * 2;
+    for (size_t i = 0; i < old_n; i++) {
+        reg_entry *e = old[i];
+        reg_entry *last = NULL;
+        while (e != NULL && e->next != NULL) {
+            e = e->next;
+        }
+        /* Oldest first, so that pushing keeps the newest in front. */
+        for (; e != NULL; e = last) {
+            last = e->prev;
+            registry_push(reg, e);
+        }
+    }
+    PyMem_RawFree(old);
+}
+
+void
+registry_link(xthread_registry *reg, reg_entry *e)
+{
+    e->pid = current_pid();
+    PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
+    if (reg->count >= 2 * reg->nchains) {
+        registry_grow(reg);
+    }
+    e->registry = reg;
+    registry_push(reg, e);
+    reg->count++;
+    PyThread_release_lock(reg->mutex);
+}
+
+/* With the mutex held (or while it is renewed). */
+static void
+registry_remove(xthread_registry *reg, reg_entry *e)
+{
+    if (e->prev != NULL) {
+        e->prev->next = e->next;
+    }
+    else {
+        reg->chains[registry_chain(reg, e->ident)] = e->next;
+    }
+    if (e->next != NULL) {
+        e->next->prev = e->prev;
+    }
+    e->prev = e->next = NULL;
+    e->registry = NULL;
+    reg->count--;
+}
+
+void
+registry_unlink(reg_entry *e)
+{
+    xthread_registry *reg = e->registry;
+    if (reg == NULL) {
+        return;
+    }
+    PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
+    registry_remove(reg, e);
+    PyThread_release_lock(reg->mutex);
+}
+
+/* In a child process, first thing: the entries of the parent's threads
+ * go (none of them exists here, and a new thread may get one's ident);
+ * the forking thread's stay, now of this process. Their memory is left
+ * alone: a record frees its own later, a bootstate's is leaked. */
+static void
+registry_drop_stale(void *arg)
+{
+    xthread_registry *reg = arg;
+    unsigned long me = xthread_forked_by;
+    int now = current_pid();
+    for (size_t i = 0; i < reg->nchains; i++) {
+        reg_entry *e = reg->chains[i];
+        while (e != NULL) {
+            reg_entry *next = e->next;
+            if (e->ident == me) {
+                e->pid = now;
+                atomic_store(&e->native_id, xthread_forked_native);
+            }
+            else {
+                registry_remove(reg, e);
+            }
+            e = next;
+        }
+    }
+}
+
+/* Makes an empty registry (module exec). GIL held. */
+int
+registry_init(xthread_registry *reg)
+{
+    reg->count = 0;
+    reg->nchains = REGISTRY_MIN_CHAINS;
+    reg->chains = PyMem_RawCalloc(REGISTRY_MIN_CHAINS, sizeof(reg_entry *));
+    reg->mutex = PyThread_allocate_lock();
+    atomic_init(&reg->pid, current_pid());
+    if (reg->chains == NULL || reg->mutex == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* Frees the registry (module free). */
+void
+registry_free(xthread_registry *reg)
+{
+    /* Records still alive (threads still running) keep a pointer to the
+     * registry: detach them before its mutex goes. */
+    if (reg->mutex != NULL) {
+        PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
+        for (size_t i = 0; reg->chains != NULL && i < reg->nchains; i++) {
+            for (reg_entry *e = reg->chains[i]; e != NULL;) {
+                reg_entry *next = e->next;
+                e->registry = NULL;
+                e->prev = e->next = NULL;
+                e = next;
+            }
+        }
+        reg->count = 0;
+        PyThread_release_lock(reg->mutex);
+        PyThread_free_lock(reg->mutex);
+        reg->mutex = NULL;
+    }
+    PyMem_RawFree(reg->chains);
+    reg->chains = NULL;
+}
+
+/* The entry of the live thread with this ident, or NULL (borrowed; valid
+ * while the GIL is held, since entries leave the table only with it, or,
+ * in thread_abandon, without it but with their memory kept). The newest
+ * wins if a dead thread's entry lingers. */
+static reg_entry *
+registry_find(xthread_registry *reg, unsigned long ident)
+{
+    reg_entry *found = NULL;
+    PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
+    for (reg_entry *e = reg->chains[registry_chain(reg, ident)]; e != NULL;
+         e = e->next) {
+        if (e->ident == ident) {
+            found = e;
+            break;
+        }
+    }
+    PyThread_release_lock(reg->mutex);
+    return found;
+}
+
+void
+entry_init(reg_entry *e, unsigned long long generation)
+{
+    e->prev = e->next = NULL;
+    e->registry = NULL;
+    e->ident = 0;
+    atomic_init(&e->native_id, 0);
+    e->pid = 0;
+    e->tstate_id = 0;
+    e->generation = generation;
+    e->record = NULL;
+    e->start_shield = 0;
+}
+
+static recordobject *
+record_new(xthread_state *state, unsigned long long generation)
+{
+    recordobject *rec = PyObject_GC_New(recordobject, state->record_type);
+    if (rec == NULL) {
+        return NULL;
+    }
+    entry_init(&rec->own, generation);
+    rec->ident = 0;
+    rec->generation = generation;
+    rec->parked = 0;
+    rec->shield_depth = 0;
+    rec->outstanding = NULL;
+    rec->outstanding_scope = 0;
+    rec->outstanding_token = 0;
+    rec->deferred = NULL;
+    rec->deferred_scope = 0;
+    rec->queue = NULL;
+    rec->scopes = NULL;
+    rec->nscopes = rec->scopes_cap = 0;
+    rec->sent_at_us = rec->landed_at_us = 0;
+    rec->armed = 0;
+    rec->judging = 0;
+    rec->land_next = 0;
+    rec->plain = 0;
+    rec->armed_objs = NULL;
+    rec->unguarded = 0;
+    /* Made on first use (record_semaphore): most threads never park nor
+     * are sent anything, and thread start should not pay for them. */
+    rec->park = NULL;
+    rec->landed = NULL;
+    atomic_init(&rec->park_posted, 0);
+    atomic_init(&rec->landed_posted, 0);
+    PyObject_GC_Track(rec);
+    return rec;
+}
+
+static int
+record_traverse(recordobject *rec, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(rec));
+    Py_VISIT(rec->outstanding);
+    Py_VISIT(rec->deferred);
+    Py_VISIT(rec->queue);
+    Py_VISIT(rec->armed_objs);
+    return 0;
+}
+
+static int
+record_clear(recordobject *rec)
+{
+    Py_CLEAR(rec->outstanding);
+    Py_CLEAR(rec->deferred);
+    Py_CLEAR(rec->queue);
+    Py_CLEAR(rec->armed_objs);
+    return 0;
+}
+
+static void
+record_dealloc(recordobject *rec)
+{
+    PyTypeObject *tp = Py_TYPE(rec);
+    PyObject_GC_UnTrack(rec);
+    registry_unlink(&rec->own);
+    record_clear(rec);
+    if (rec->park != NULL) {
+        PyThread_free_lock(rec->park);
+    }
+    if (rec->landed != NULL) {
+        PyThread_free_lock(rec->landed);
+    }
+    PyMem_RawFree(rec->scopes);
+    tp->tp_free((PyObject *)rec);
+    Py_DECREF(tp);
+}
+
+/* Makes *sem, held (a semaphore at zero), if it does not exist yet.
+ * GIL held. Returns -1 with MemoryError set on failure. */
+int
+record_semaphore(PyThread_type_lock *sem)
+{
+    if (*sem == NULL) {
+        PyThread_type_lock lock = PyThread_allocate_lock();
+        if (lock == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        PyThread_acquire_lock(lock, WAIT_LOCK);
+        *sem = lock;
+    }
+    return 0;
+}
+
+
+
+static PyObject *
+record_get_ident(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLong(rec->ident);
+}
+
+static PyObject *
+record_get_generation(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(rec->generation);
+}
+
+static PyObject *
+us_or_none(long long us)
+{
+    if (us == 0) {
+        Py_RETURN_NONE;
+    }
+    return PyFloat_FromDouble((double)us * 1e-6);
+}
+
+static PyObject *
+record_get_sent_at(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return us_or_none(rec->sent_at_us);
+}
+
+static PyObject *
+record_get_landed_at(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return us_or_none(rec->landed_at_us);
+}
+
+static PyObject *
+record_get_parked(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(rec->parked);
+}
+
+static PyObject *
+record_get_shield_depth(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(rec->shield_depth);
+}
+
+static PyObject *
+record_get_pending(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(rec->outstanding != NULL || rec->deferred != NULL
+                           || (rec->queue != NULL
+                               && PyList_GET_SIZE(rec->queue) > 0));
+}
+
+static PyObject *
+record_get_unguarded(recordobject *rec, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(rec->unguarded);
+}
+
+static PyGetSetDef record_getset[] = {
+    {"ident", (getter)record_get_ident, NULL, "the thread's ident", NULL},
+    {"generation", (getter)record_get_generation, NULL,
+     "unique per thread, unlike the ident", NULL},
+    {"sent_at", (getter)record_get_sent_at, NULL,
+     "time.monotonic() when an exception was last sent, or None", NULL},
+    {"landed_at", (getter)record_get_landed_at, NULL,
+     "time.monotonic() when the last one was raised in the thread", NULL},
+    {"parked", (getter)record_get_parked, NULL,
+     "whether the thread is in a killable wait", NULL},
+    {"shield_depth", (getter)record_get_shield_depth, NULL,
+     "how many shields the thread is in", NULL},
+    {"pending", (getter)record_get_pending, NULL,
+     "whether an exception sent through xthread has not landed yet", NULL},
+    {"unguarded", (getter)record_get_unguarded, NULL,
+     "whether the last exception was sent by plain delivery on a version "
+     "where the handlers of the frame it lands in may be skipped", NULL},
+    {NULL, NULL, NULL, NULL, NULL}
+};
+
+static PyType_Slot record_type_slots[] = {
+    {Py_tp_dealloc, (destructor)record_dealloc},
+    {Py_tp_traverse, (traverseproc)record_traverse},
+    {Py_tp_clear, (inquiry)record_clear},
+    {Py_tp_getset, record_getset},
+    {Py_tp_doc, (void *)"What xthread knows of one thread."},
+    {0, NULL}
+};
+
+PyType_Spec record_type_spec = {
+    .name = "_xthread.ThreadRecord",
+    .basicsize = sizeof(recordobject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = record_type_slots,
+};
+
+#define RECORD_CAPSULE "_xthread.record"
+
+
+/* Runs when the thread state's dict is cleared (the thread is ending),
+ * with the GIL held. */
+static void
+record_capsule_destructor(PyObject *capsule)
+{
+    recordobject *rec = PyCapsule_GetPointer(capsule, RECORD_CAPSULE);
+    if (rec == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    record_disarm(rec);
+    registry_unlink(&rec->own);
+    Py_DECREF(rec);
+}
+
+
+/* The record of the thread that `e` names, made now if it has none
+ * (borrowed reference); NULL with MemoryError set, or NULL with no error
+ * when that thread ended while the record was made. GIL held. */
+recordobject *
+entry_record(xthread_state *state, reg_entry *e)
+{
+    if (e->record == NULL) {
+        unsigned long ident = e->ident;
+        unsigned long long generation = e->generation;
+        recordobject *rec = record_new(state, generation);
+        if (rec == NULL) {
+            return NULL;
+        }
+        /* The allocation may have run a collection whose finalizers let
+         * the GIL go: another thread's entry may be gone now, and its
+         * memory freed (or reused). Trust it only if it is still linked
+         * under the same ident and generation. */
+        reg_entry *again = registry_find_live(state, ident);
+        if (again != e || again->generation != generation) {
+            Py_DECREF(rec);
+            return NULL;
+        }
+        if (e->record != NULL) {
+            Py_DECREF(rec);     /* made meanwhile, by another thread */
+            return e->record;
+        }
+        rec->ident = ident;
+        rec->shield_depth = e->start_shield;
+        e->record = rec;
+    }
+    return e->record;
+}
+
+/* The calling thread's entry if _xthread started it, from this module, and
+ * its function has not returned yet; else NULL. GIL held. */
+
+/* Makes `rec` the record of the calling thread, which _xthread did not
+ * start: registered by its ident, owned by its thread-state dict. Takes a
+ * new reference. GIL held. */
+static int
+record_install(xthread_state *state, recordobject *rec)
+{
+    PyObject *tdict = PyThreadState_GetDict();
+    if (tdict == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "no thread state dict");
+        return -1;
+    }
+    PyObject *capsule = PyCapsule_New(rec, RECORD_CAPSULE,
+                                      record_capsule_destructor);
+    if (capsule == NULL) {
+        return -1;
+    }
+    Py_INCREF(rec);
+    rec->ident = PyThread_get_thread_ident();
+    rec->own.ident = rec->ident;
+    atomic_store(&rec->own.native_id, PyThread_get_thread_native_id());
+    rec->own.record = rec;
+    rec->own.tstate_id = PyThreadState_GetID(PyThreadState_Get());
+    registry_link(&state->registry, &rec->own);
+    int rc = PyDict_SetItem(tdict, state->record_key, capsule);
+    Py_DECREF(capsule);     /* on failure this unlinks and drops rec */
+    return rc;
+}
+
+/* The calling thread's record, made on first use (borrowed reference), or
+ * NULL with an exception set. GIL held. */
+recordobject *
+current_record(xthread_state *state)
+{
+    reg_entry *boot_entry = current_boot_entry(state);
+    if (boot_entry != NULL) {
+        recordobject *rec = entry_record(state, boot_entry);
+        if (rec == NULL && !PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "the thread has ended");
+        }
+        return rec;
+    }
+    PyObject *tdict = PyThreadState_GetDict();
+    if (tdict != NULL) {
+        PyObject *capsule = PyDict_GetItemWithError(tdict, state->record_key);
+        if (capsule != NULL) {
+            return PyCapsule_GetPointer(capsule, RECORD_CAPSULE);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    recordobject *rec = record_new(state, ++state->next_generation);
+    if (rec == NULL) {
+        return NULL;
+    }
+    int rc = record_install(state, rec);
+    Py_DECREF(rec);
+    return rc < 0 ? NULL : rec;
+}
+
+/* The thread state with this ident, or NULL. Holds the GIL; the list is
+ * read as sys._current_frames() and debuggers read it. */
+PyThreadState *
+find_tstate(unsigned long ident)
+{
+    PyInterpreterState *interp = PyThreadState_GetInterpreter(
+        PyThreadState_Get());
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp);
+         t != NULL; t = PyThreadState_Next(t)) {
+        if (t->thread_id == ident) {
+            return t;
+        }
+    }
+    return NULL;
+}
+
+/* registry_find, but first dropping an entry whose thread has ended. A
+ * thread that is not _xthread's gets its record on first use, owned by its
+ * thread-state dict; one made while that dict was being cleared (by a
+ * __del__ run then, a threading.local value's) is never freed, and its
+ * entry would take deliveries meant for a later thread with the same
+ * ident. GIL held. */
+reg_entry *
+registry_find_live(xthread_state *state, unsigned long ident)
+{
+    for (;;) {
+        reg_entry *e = registry_find(&state->registry, ident);
+        if (e == NULL || e->tstate_id == 0) {
+            return e;
+        }
+        PyThreadState *t = find_tstate(ident);
+        if (t != NULL && PyThreadState_GetID(t) == e->tstate_id) {
+            return e;
+        }
+        registry_unlink(e);
+    }
+}
+
+/* The calling thread's record if it has one (borrowed), else NULL; never
+ * makes one and never fails. */
+recordobject *
+current_record_if_any(xthread_state *state)
+{
+    reg_entry *boot_entry = current_boot_entry(state);
+    if (boot_entry != NULL) {
+        return boot_entry->record;      /* made on first use: may be NULL */
+    }
+    PyObject *tdict = PyThreadState_GetDict();
+    if (tdict == NULL) {
+        return NULL;
+    }
+    PyObject *capsule = PyDict_GetItemWithError(tdict, state->record_key);
+    if (capsule == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return PyCapsule_GetPointer(capsule, RECORD_CAPSULE);
+}
+
+static PyObject *
+xthread_record(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    recordobject *rec = current_record(get_xthread_state(module));
+    return Py_XNewRef((PyObject *)rec);
+}
+
+static PyObject *
+xthread_find_record(PyObject *module, PyObject *ident_obj)
+{
+    unsigned long ident;
+    if (parse_ident(ident_obj, &ident) < 0) {
+        return NULL;
+    }
+    xthread_state *state = get_xthread_state(module);
+    reg_entry *entry = registry_find_live(state, ident);
+    if (entry == NULL) {
+        Py_RETURN_NONE;
+    }
+    recordobject *rec = entry_record(state, entry);
+    if (rec == NULL && !PyErr_Occurred()) {
+        Py_RETURN_NONE;     /* ended meanwhile */
+    }
+    return Py_XNewRef((PyObject *)rec);
+}
+
+/* The OS id of a thread that xthread knows, by ident (and generation, if
+ * not 0), or None once it has ended. A thread that _xthread started may
+ * not have run its first instruction yet when the start call returns:
+ * wait for it then, with the GIL dropped (it writes its native id before
+ * it does anything else, without the GIL). The entry is looked up again
+ * after every wait, since the thread may end meanwhile. */
+static PyObject *
+xthread_native_id(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ident", "generation", NULL};
+    PyObject *ident_obj;
+    unsigned long long generation = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|K:_native_id", kwlist,
+                                     &ident_obj, &generation)) {
+        return NULL;
+    }
+    unsigned long ident;
+    if (parse_ident(ident_obj, &ident) < 0) {
+        return NULL;
+    }
+    xthread_state *state = get_xthread_state(module);
+    for (;;) {
+        reg_entry *entry = registry_find_live(state, ident);
+        if (entry == NULL
+            || (generation != 0 && entry->generation != generation)) {
+            Py_RETURN_NONE;
+        }
+        if (entry->pid != current_pid()) {
+            /* Linked before a fork(): in this child, its thread is gone,
+             * unless it is the one that forked. */
+            if (entry == current_boot_entry(state)) {
+                return PyLong_FromUnsignedLong(
+                    PyThread_get_thread_native_id());
+            }
+            Py_RETURN_NONE;
+        }
+        unsigned long native_id = atomic_load(&entry->native_id);
+        if (native_id != 0) {
+            return PyLong_FromUnsignedLong(native_id);
+        }
+        Py_BEGIN_ALLOW_THREADS
+        sched_yield();
+        Py_END_ALLOW_THREADS
+    }
+}
+
+PyDoc_STRVAR(native_id_doc,
+"_native_id($module, /, ident, generation=0)\n--\n\n"
+"The operating system's id of the thread with this ident (and of this\n"
+"generation, if not 0) that xthread knows (started by _xthread, or with\n"
+"a record), or None if there is none. A thread just started may not have\n"
+"run yet: the call then waits for its first instruction.");
+
+/* The module functions defined here; module.c adds them. */
+PyMethodDef xthread_record_methods[] = {
+    {"_record", xthread_record, METH_NOARGS,
+     "_record($module, /)\n--\n\nThe calling thread's record."},
+    {"_find_record", xthread_find_record, METH_O,
+     "_find_record($module, ident, /)\n--\n\n"
+     "The record of the live thread with this ident, or None."},
+    {"_native_id", (PyCFunction)(void (*)(void))xthread_native_id,
+     METH_VARARGS | METH_KEYWORDS, native_id_doc},
+    {NULL, NULL, 0, NULL}
+};

@@ -1,0 +1,52 @@
+/* record.h: the registry of the threads that xthread knows, their
+ * records, and the process id kept across fork() (record.c).
+ *
+ * Callers: every other part. All of it runs with the GIL held, except
+ * where a comment says otherwise; which thread calls is said per
+ * function.
+ */
+#ifndef XTHREAD_RECORD_H
+#define XTHREAD_RECORD_H
+
+#include "xthread.h"
+
+/* Fork. The process id, kept by a pthread_atfork handler that
+ * xthread_pid_init (module exec, once per process) installs. No GIL
+ * needed. */
+void xthread_pid_init(void);
+int current_pid(void);
+/* `*mutex`, made anew first if it was made in another process (`*pid`
+ * tells); `renew(arg)` then runs too. Any thread, no GIL needed. */
+PyThread_type_lock fork_safe_mutex(PyThread_type_lock *mutex, atomic_int *pid,
+                                   void (*renew)(void *), void *arg);
+
+/* The registry: a hash table of entries by ident, under its own mutex.
+ * registry_mutex may be taken without the GIL (thread_abandon,
+ * xthread_free); linking and unlinking are done with the GIL held, by the
+ * starting parent or the ending thread. */
+int registry_init(xthread_registry *reg);
+void registry_free(xthread_registry *reg);
+PyThread_type_lock registry_mutex(xthread_registry *reg);
+void registry_link(xthread_registry *reg, reg_entry *e);
+void registry_unlink(reg_entry *e);
+void entry_init(reg_entry *e, unsigned long long generation);
+/* The live thread's entry by ident (borrowed), dropping a stale one. */
+reg_entry *registry_find_live(xthread_state *state, unsigned long ident);
+/* The interpreter's thread state with this ident, or NULL. */
+PyThreadState *find_tstate(unsigned long ident);
+
+/* Records. entry_record and current_record make the record on first use
+ * (borrowed; NULL with an exception set, or, for entry_record, NULL and
+ * no exception when the thread ended meanwhile); current_record_if_any
+ * never makes one and never fails. */
+recordobject *entry_record(xthread_state *state, reg_entry *e);
+recordobject *current_record(xthread_state *state);
+recordobject *current_record_if_any(xthread_state *state);
+/* Makes a record's semaphore (`park`, `landed`) on first use. */
+int record_semaphore(PyThread_type_lock *sem);
+extern PyType_Spec record_type_spec;
+
+/* _record, _find_record, _native_id. */
+extern PyMethodDef xthread_record_methods[];
+
+#endif /* XTHREAD_RECORD_H */

@@ -1,0 +1,33 @@
+/* wake.h: waking a thread blocked in a system call (wake.c). From 3.15
+ * (XTHREAD_SIGNAL_WAKES in compat.h) a signal without SA_RESTART makes a
+ * C call that retries on EINTR check for the thread's pending exception,
+ * so a delivery to a thread inside a call also signals it. Elsewhere the
+ * functions here send nothing and say so.
+ *
+ * GIL held, in the sender's thread.
+ */
+#ifndef XTHREAD_WAKE_H
+#define XTHREAD_WAKE_H
+
+#include "xthread.h"
+
+/* Loads the call instructions' opcodes (with the landing module). */
+int wake_load_call_ops(xthread_state *state);
+/* Whether `code` is one of xthread's own primitives, where nothing may
+ * land; whether `tstate`'s innermost frame runs one. Never fail. */
+int code_is_own(xthread_state *state, PyCodeObject *code);
+int thread_in_own_code(xthread_state *state, PyThreadState *tstate);
+/* Signals thread `ident` if it is inside a call, first handing the
+ * interpreter a plain copy of `rec`'s outstanding exception: 1 when a
+ * signal was sent. wake_until_landed signals again, GIL dropped between,
+ * until the delivery lands or `budget_us` is spent: whether it landed.
+ * Never fail. */
+int wake_thread(xthread_state *state, unsigned long ident,
+                recordobject *rec);
+int wake_until_landed(xthread_state *state, unsigned long ident,
+                      recordobject *rec, long long budget_us);
+
+/* _wake_signal. */
+extern PyMethodDef xthread_wake_methods[];
+
+#endif /* XTHREAD_WAKE_H */

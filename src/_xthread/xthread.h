@@ -1,0 +1,219 @@
+/* xthread.h: what every part of _xthread shares: the includes, the
+ * module state, the registry's entries, the thread record, and the
+ * monotonic clock. Each part (a .c file, one concept) has a header of its
+ * own saying what it offers and who may call it; version differences live
+ * in compat.h only.
+ */
+#ifndef XTHREAD_H
+#define XTHREAD_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "sanitizer.h"
+
+// Module state
+
+extern struct PyModuleDef xthread_module;     /* module.c */
+
+struct recordobject;
+struct xthread_registry;
+
+/* What the registry knows of one thread: its ident, its generation
+ * (idents are reused, generations are not) and its record once there is
+ * one. A thread that _xthread starts has its entry in its bootstate from
+ * before its start call returns, and gets a record only when it first
+ * needs one (a killable wait, a shield, a scope, _record()) or is sent an
+ * exception, or when _find_record() asks for it: most threads never do,
+ * and thread start should not pay for a Python object, a thread-state
+ * dict and a capsule. Any other thread's record carries its own entry.
+ *
+ * `record` is a strong reference in a bootstate's entry (dropped as the
+ * thread ends) and the record itself, borrowed, in a record's own entry.
+ * `start_shield` is the shield depth of a started thread whose record is
+ * not made yet; the record starts from it. Links are guarded by the
+ * registry's mutex; `native_id` is written once, by the thread itself and
+ * without the GIL (0 until then); the other fields are read and written
+ * with the GIL held, except `ident` and `pid`, set as the entry is
+ * linked. */
+typedef struct reg_entry {
+    struct reg_entry *prev, *next;      /* registry links */
+    struct xthread_registry *registry;  /* NULL when not linked */
+    unsigned long ident;
+    atomic_ulong native_id;
+    pid_t pid;                          /* the process it was linked in */
+    /* A record's own entry: the id of the thread state it was made in
+     * (0 in a bootstate's entry, which leaves with its thread). */
+    uint64_t tstate_id;
+    unsigned long long generation;
+    struct recordobject *record;
+    int start_shield;
+} reg_entry;
+
+/* The entries of the threads that xthread knows, by ident: a hash table
+ * of doubly linked chains, so that finding a thread and removing one cost
+ * the same with thousands alive as with one. Guarded by its own OS mutex,
+ * because a thread that cannot run (thread_abandon) leaves it without the
+ * GIL. Every other use holds the GIL as well, so that none is under way
+ * when a thread calls fork(), which holds the GIL: a child process never
+ * inherits the mutex held. The table doubles when it holds twice as many
+ * entries as chains. */
+typedef struct xthread_registry {
+    PyThread_type_lock mutex;
+    atomic_int pid;             /* the process the mutex is for */
+    reg_entry **chains;
+    size_t nchains;             /* a power of two */
+    size_t count;
+} xthread_registry;
+
+#define REGISTRY_MIN_CHAINS 64
+
+typedef struct {
+    PyTypeObject *lock_type;
+    PyTypeObject *rlock_type;
+    PyTypeObject *record_type;
+    PyTypeObject *scoped_type;
+    PyObject *record_key;       /* key of the record in a thread-state dict */
+    PyObject *str_entered;      /* "_scope_entered" */
+    PyObject *str_exited;       /* "_scope_exited" */
+    xthread_registry registry;
+    /* Threads started by this module that have not finished their Python
+     * part. Atomic: a thread that cannot run takes itself off without the
+     * GIL. The counters below are only touched with the GIL held. */
+    atomic_long count;
+    pid_t pid;                  /* the process `count` is about */
+    unsigned long long next_generation;
+    unsigned long long next_token;      /* deliveries and scopes */
+    /* Landing (landing.c): xthread._landing.verdict, imported by
+     * the first delivery that needs it; whether that import failed. */
+    PyObject *landing_verdict;
+    PyObject *not_here;         /* xthread._landing._not_here, a set */
+    int landing_failed;
+    /* Trace-function landing: xthread._landing.table, and its answers by
+     * code object (a trace function must not run Python code: on 3.11,
+     * Python code run from a C trace function at a call instruction
+     * leaves the callee untraced). */
+    PyObject *landing_table;
+    PyObject *trace_maps;
+    /* xthread._landing._nop: a thread calls it to take a plain copy
+     * pending in itself (plain_take, XTHREAD_TAKE_PLAIN), or a throwaway
+     * exception of class signal_clearer (signal_clear). */
+    PyObject *plain_nop;
+    PyObject *signal_clearer;
+    /* sys.monitoring landing: the module, the tool id held while some
+     * delivery is armed (-1: none), how many records are armed, the code
+     * objects armed and by how many records, the event bits, and the
+     * callbacks (C functions bound to this module). */
+    PyObject *monitoring;
+    int mon_tool;
+    Py_ssize_t mon_armed;
+    PyObject *mon_counts;
+    long ev_instruction, ev_py_start, ev_py_resume;
+    PyObject *cb_instruction, *cb_py_start, *cb_py_resume;
+    /* Waking (XTHREAD_SIGNAL_WAKES): the opcodes of the call instructions
+     * (CALL, CALL_KW, CALL_FUNCTION_EX; -1 where unknown), loaded with
+     * the landing module. */
+    int call_ops[3];
+} xthread_state;
+
+static inline xthread_state *
+get_xthread_state(PyObject *module)
+{
+    void *state = PyModule_GetState(module);
+    assert(state != NULL);
+    return (xthread_state *)state;
+}
+
+/* Monotonic clock in microseconds; Linux-only project, so no fallback. */
+static inline long long
+monotonic_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+// Thread records
+
+/* A record of one thread, made for every thread that waits in xthread or
+ * is sent an exception through it: the semaphore it parks on in a killable
+ * wait, its generation, its shield depth, the scopes it is in, and the
+ * exception it was last sent.
+ *
+ * Owners: for a thread that _xthread starts, its bootstate's registry
+ * entry, until the thread's function has returned; for any other thread,
+ * its own state dict (through a capsule, so the record goes when the
+ * thread state is cleared), while the record's own entry, which the
+ * registry holds, names it borrowed: that entry leaves the registry
+ * before the record is freed. Fields other than the entry's links are
+ * read and written with the GIL held. */
+/* A delivery scope open in a thread, and the object that opened it (for
+ * identity only: a Scoped finds its own innermost scope in this thread). */
+typedef struct {
+    unsigned long long token;
+    const void *owner;
+} scope_entry;
+
+typedef struct recordobject {
+    PyObject_HEAD
+    reg_entry own;              /* a thread not started by _xthread */
+    unsigned long ident;
+    unsigned long long generation;
+    PyThread_type_lock park;    /* posted to wake the thread from a wait */
+    PyThread_type_lock landed;  /* posted when a sent exception lands */
+    atomic_int park_posted, landed_posted;      /* see sem_post */
+    int parked;                 /* in a killable wait now */
+    int shield_depth;
+    /* Sent through xthread, not landed yet: raised by the interpreter at
+     * the thread's next bytecode boundary (outstanding), or held back by
+     * a shield (deferred). */
+    PyObject *outstanding;      /* the instance sent, or NULL */
+    unsigned long long outstanding_scope;
+    unsigned long long outstanding_token;
+    PyObject *deferred;
+    unsigned long long deferred_scope;
+    /* Sent while another was outstanding or deferred: a list of
+     * (instance, scope, token), sent one at a time as each lands. */
+    PyObject *queue;
+    /* Active scopes, innermost last. */
+    scope_entry *scopes;
+    Py_ssize_t nscopes;
+    Py_ssize_t scopes_cap;
+    /* When the last exception was sent and landed (monotonic us; 0: not). */
+    long long sent_at_us;
+    long long landed_at_us;
+    /* The outstanding exception waits to be raised at an instruction
+     * where the frame's handlers apply (landing.c); `armed_objs`
+     * holds what was armed for it: code objects (sys.monitoring) or
+     * frames whose f_trace_opcodes was set (trace function). */
+    int armed;
+    int land_next;              /* raise at the next instruction it runs */
+    /* The outstanding exception was handed to the interpreter loop
+     * (PyThreadState_SetAsyncExc), so withdrawing it must clear it there.
+     * Not otherwise: on 3.11 clearing signals every thread's eval breaker,
+     * and nothing unsignals it until the next real async exception. */
+    int plain;
+    /* The thread runs the landing's own Python code (the verdict, a
+     * trace table) for the outstanding exception. No plain copy is sent
+     * meanwhile (wake_thread, kill's fallback): it would land inside that
+     * code and be lost there. The thread runs bytecode, so the armed
+     * delivery reaches it anyway. */
+    int judging;
+    PyObject *armed_objs;
+    /* The last exception went by plain delivery on a version where a
+     * frame's handlers may then be skipped. */
+    int unguarded;
+} recordobject;
+
+#endif /* XTHREAD_H */
