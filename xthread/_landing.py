@@ -63,8 +63,11 @@ def _mark_own():
 
 
 def _nop():
-    """Called by a thread to take a plain copy of a stop pending in itself
-    out of the interpreter loop (up to 3.11; see XTHREAD_TAKE_PLAIN)."""
+    """Does nothing; called from C, up to 3.11, so that the interpreter
+    loop raises what is pending in the calling thread at its start: a
+    plain copy of a stop, taken out of the loop (plain_take in deliver.c),
+    or a throwaway exception that clears a stale async-exception signal
+    (signal_clear)."""
 
 
 def _varint(it, first):
