@@ -18,7 +18,7 @@ import pytest
 
 import _xthread
 import xthread
-from helpers import join_or_fail
+from helpers import JOIN_TIMEOUT, join_or_fail
 
 #: Upper bound for any wait on a thread, lock or event.
 JOIN_TIMEOUT = 30.0
@@ -694,3 +694,29 @@ def test_drop_in_replacement():
     assert "results [('is_self', True), ('name', 'plain')]" in ref
     assert "left ['MainThread']" in ref
     assert outputs["from xthread import Thread"] == ref
+
+
+def test_a_join_that_saw_the_end_before_start_returned_is_kept(monkeypatch):
+    # Another thread joins the new thread, which has already ended, while
+    # start() is still finishing its bookkeeping: start() must not make it
+    # look alive again (is_alive() True for ever, kill() spinning on it).
+    real_start = xthread._thread._start_joinable_thread
+    box = {}
+
+    def start_then_join_from_elsewhere(*args):
+        result = real_start(*args)
+        joiner = threading.Thread(target=box["thread"].join,
+                                  args=(JOIN_TIMEOUT,))
+        joiner.start()
+        joiner.join(JOIN_TIMEOUT)
+        box["joined"] = not joiner.is_alive()
+        return result
+
+    monkeypatch.setattr(xthread._thread, "_start_joinable_thread",
+                        start_then_join_from_elsewhere)
+    t = box["thread"] = xthread.Thread(target=int, name="short")
+    t.start()
+    assert box["joined"]
+    assert not t.is_alive()
+    assert repr(t) == "<Thread(short, stopped %s)>" % t.ident
+    join_or_fail(t)

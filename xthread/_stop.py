@@ -530,29 +530,32 @@ class Scope(_xthread.Scoped):
     entering it again while open is a RuntimeError.
     """
 
-    __slots__ = ("_ident", "_generation", "_scope")
+    # `_open` is (ident, generation, scope token) while the block runs,
+    # else None: one attribute, written and read whole, so that a sender
+    # never pairs one block's token with another's thread.
+    __slots__ = ("_ident", "_open")
 
     def __init__(self):
         self._ident = None
-        self._generation = 0
-        self._scope = 0
+        self._open = None
 
     def _scope_entered(self, scope):
-        if self._scope:
+        if self._open is not None:
             raise RuntimeError("this Scope is open already; make a new "
                                "Scope for each block")
-        self._ident = _get_ident()
-        self._generation = _xthread._record().generation
-        self._scope = scope
+        ident = _get_ident()
+        self._ident = ident
+        self._open = (ident, _xthread._record().generation, scope)
 
     def _scope_exited(self, scope):
-        if scope == self._scope:
-            self._scope = 0
+        is_open = self._open
+        if is_open is not None and is_open[2] == scope:
+            self._open = None
 
     @property
     def active(self):
         """Whether the block is running."""
-        return self._scope != 0
+        return self._open is not None
 
     @property
     def ident(self):
@@ -570,15 +573,16 @@ class Scope(_xthread.Scoped):
         elif not isinstance(exc, BaseException):
             raise TypeError("exceptions must derive from BaseException, "
                             "not %s" % type(exc).__name__)
-        scope = self._scope
-        if not scope:
+        is_open = self._open
+        if is_open is None:
             return False
-        return _deliver(self._ident, exc, generation=self._generation,
-                        scope=scope)
+        ident, generation, scope = is_open
+        return _deliver(ident, exc, generation=generation, scope=scope)
 
     def __repr__(self):
+        is_open = self._open
         return "<xthread.Scope %s>" % (
-            "open in thread %s" % self._ident if self._scope else "closed")
+            "open in thread %s" % is_open[0] if is_open else "closed")
 
 
 # Kill reports

@@ -56,7 +56,9 @@ _ExceptHookArgs = _threading.ExceptHookArgs
 # grow it without bound. No lock: every use is made of single set
 # operations (add, discard, copy, difference_update), each of which runs
 # no Python code (a lock hashes and compares by identity) and so is
-# atomic under the GIL; it is only ever iterated as a copy.
+# atomic, under the GIL as on the free-threaded build (where each holds
+# the set's own lock); it is only ever iterated as a copy. Two threads
+# pruning at once may each set the next prune point: either will do.
 _shutdown_sentinels = set()
 _shutdown_prune_at = 64
 
@@ -251,11 +253,14 @@ class Thread(_threading.Thread):
         self._xthread_started(ident, None, generation)
 
     def _xthread_started(self, ident, sentinel, generation):
+        # The state stays _STARTING, which with an ident reads as started
+        # (__repr__): only an ended wait writes it again (_STOPPED). A join
+        # from another thread may have seen the thread end already; a
+        # check-and-set here could undo that, leaving an ended thread alive
+        # for ever, since without the GIL nothing keeps the two steps
+        # together.
         self._xthread_ident = ident
         self._xthread_generation = generation
-        if self._xthread_state == _STARTING:
-            # (A join from another thread may have seen it end already.)
-            self._xthread_state = _STARTED
 
     def run(self):
         """The thread's activity: calls the target with its arguments.

@@ -575,7 +575,7 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
         }
         Py_XINCREF(rec);    /* NULL: the thread ended meanwhile */
     }
-    unsigned long long token = ++state->next_token;
+    unsigned long long token = new_token(state);
     carrier = make_carrier(instance, rec, token);
     if (carrier == NULL) {
         goto done;

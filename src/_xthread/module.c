@@ -40,8 +40,8 @@ xthread_exec(PyObject *module)
     (void)pthread_once(&pid_once, xthread_pid_init);
     atomic_init(&state->count, 0);
     state->pid = current_pid();
-    state->next_generation = 0;
-    state->next_token = 0;
+    atomic_init(&state->next_generation, 0);
+    atomic_init(&state->next_token, 0);
     state->landing_verdict = NULL;
     state->not_here = NULL;
     state->landing_failed = 0;

@@ -572,7 +572,7 @@ current_record(xthread_state *state)
             return NULL;
         }
     }
-    recordobject *rec = record_new(state, ++state->next_generation);
+    recordobject *rec = record_new(state, new_generation(state));
     if (rec == NULL) {
         return NULL;
     }

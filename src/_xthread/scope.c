@@ -22,7 +22,7 @@ record_scope_push(xthread_state *state, recordobject *rec, const void *owner)
         rec->scopes = grown;
         rec->scopes_cap = cap;
     }
-    unsigned long long token = ++state->next_token;
+    unsigned long long token = new_token(state);
     rec->scopes[rec->nscopes].token = token;
     rec->scopes[rec->nscopes].owner = owner;
     rec->nscopes++;

@@ -474,7 +474,7 @@ bootstate_new(PyObject *module, PyObject *fargs)
     boot->ready = NULL;
     boot->running = NULL;
     atomic_init(&boot->phase, BOOT_STARTING);
-    entry_init(&boot->entry, ++get_xthread_state(module)->next_generation);
+    entry_init(&boot->entry, new_generation(get_xthread_state(module)));
     /* Every thread starts shielded until it runs (see thread_run). */
     boot->entry.start_shield = 1;
     boot->sentinels = NULL;

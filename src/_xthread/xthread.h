@@ -93,8 +93,10 @@ typedef struct {
      * GIL. The counters below are only touched with the GIL held. */
     atomic_long count;
     pid_t pid;                  /* the process `count` is about */
-    unsigned long long next_generation;
-    unsigned long long next_token;      /* deliveries and scopes */
+    /* Taken by any thread (new_generation, new_token): never 0, never
+     * the same twice. */
+    atomic_ullong next_generation;
+    atomic_ullong next_token;           /* deliveries and scopes */
     /* Landing (landing.c): xthread._landing.verdict, imported by
      * the first delivery that needs it; whether that import failed. */
     PyObject *landing_verdict;
@@ -133,6 +135,19 @@ get_xthread_state(PyObject *module)
     void *state = PyModule_GetState(module);
     assert(state != NULL);
     return (xthread_state *)state;
+}
+
+/* A new generation (of a thread) or token (of a delivery or a scope). */
+static inline unsigned long long
+new_generation(xthread_state *state)
+{
+    return atomic_fetch_add(&state->next_generation, 1) + 1;
+}
+
+static inline unsigned long long
+new_token(xthread_state *state)
+{
+    return atomic_fetch_add(&state->next_token, 1) + 1;
 }
 
 /* Monotonic clock in microseconds; Linux-only project, so no fallback. */
