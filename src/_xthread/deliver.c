@@ -567,13 +567,9 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
     if (signal_clear(state) < 0) {
         goto done;
     }
-    reg_entry *entry = registry_find_live(state, ident);
-    if (entry != NULL) {
-        rec = entry_record(state, entry);
-        if (rec == NULL && PyErr_Occurred()) {
-            goto done;
-        }
-        Py_XINCREF(rec);    /* NULL: the thread ended meanwhile */
+    rec = registry_record(state, ident, 1);     /* NULL: no such thread */
+    if (rec == NULL && PyErr_Occurred()) {
+        goto done;
     }
     unsigned long long token = new_token(state);
     carrier = make_carrier(instance, rec, token);
@@ -583,8 +579,9 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
     /* From here to set_async no Python code runs: the checks and the
      * delivery are one step under the GIL. The thread found first has a
      * record now, so the same thread is found with the same record. */
-    entry = registry_find_live(state, ident);
-    if (rec != (entry != NULL ? entry->record : NULL)
+    recordobject *now = registry_record(state, ident, 0);
+    Py_XDECREF(now);        /* compared by identity only */
+    if (rec != now
         || (generation != 0 && (rec == NULL || rec->generation != generation))
         || (scope != 0 && (rec == NULL || !record_in_scope(rec, scope)))) {
         result = Py_NewRef(Py_False);
@@ -747,14 +744,16 @@ xthread_nudge(PyObject *module, PyObject *args, PyObject *kwds)
     if (parse_ident(ident_obj, &ident) < 0) {
         return NULL;
     }
-    reg_entry *entry = registry_find_live(state, ident);
-    recordobject *rec = entry != NULL ? entry->record : NULL;
-    if (rec == NULL || rec->outstanding == NULL
-        || (generation != 0 && rec->generation != generation)
-        || (scope != 0 && rec->outstanding_scope != scope)) {
+    recordobject *rec = registry_record(state, ident, 0);
+    if (rec == NULL) {
         Py_RETURN_FALSE;
     }
-    Py_INCREF(rec);
+    if (rec->outstanding == NULL
+        || (generation != 0 && rec->generation != generation)
+        || (scope != 0 && rec->outstanding_scope != scope)) {
+        Py_DECREF(rec);
+        Py_RETURN_FALSE;
+    }
     int woken = wake_thread(state, ident, rec);
     Py_DECREF(rec);
     return PyBool_FromLong(woken);

@@ -162,6 +162,10 @@ registry_remove(xthread_registry *reg, reg_entry *e)
     reg->count--;
 }
 
+/* Takes `e` out of its registry if it is in one. Two threads may unlink
+ * one entry at once (its thread ending, a sender dropping it as stale):
+ * whether it is still linked is decided under the mutex, so that only one
+ * of them removes it. */
 void
 registry_unlink(reg_entry *e)
 {
@@ -170,7 +174,9 @@ registry_unlink(reg_entry *e)
         return;
     }
     PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
-    registry_remove(reg, e);
+    if (e->registry == reg) {
+        registry_remove(reg, e);
+    }
     PyThread_release_lock(reg->mutex);
 }
 
@@ -241,24 +247,35 @@ registry_free(xthread_registry *reg)
     reg->chains = NULL;
 }
 
-/* The entry of the live thread with this ident, or NULL (borrowed; valid
- * while the GIL is held, since entries leave the table only with it, or,
- * in thread_abandon, without it but with their memory kept). The newest
- * wins if a dead thread's entry lingers. */
+/* With the mutex held: the entry of the live thread with this ident, or
+ * NULL. Valid only until the mutex is let go: the thread may end then,
+ * and free its entry. The newest wins. An entry whose thread has ended is
+ * dropped on the way: a thread that is not _xthread's gets its record on
+ * first use, owned by its thread-state dict, and one made while that dict
+ * was being cleared (by a __del__ run then, a threading.local value's) is
+ * never freed; its entry would take deliveries meant for a later thread
+ * with the same ident. GIL held (find_tstate). */
 static reg_entry *
-registry_find(xthread_registry *reg, unsigned long ident)
+registry_find_locked(xthread_registry *reg, unsigned long ident)
 {
-    reg_entry *found = NULL;
-    PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
-    for (reg_entry *e = reg->chains[registry_chain(reg, ident)]; e != NULL;
-         e = e->next) {
-        if (e->ident == ident) {
-            found = e;
-            break;
+    for (;;) {
+        reg_entry *found = NULL;
+        for (reg_entry *e = reg->chains[registry_chain(reg, ident)];
+             e != NULL; e = e->next) {
+            if (e->ident == ident) {
+                found = e;
+                break;
+            }
         }
+        if (found == NULL || found->tstate_id == 0) {
+            return found;
+        }
+        PyThreadState *t = find_tstate(ident);
+        if (t != NULL && PyThreadState_GetID(t) == found->tstate_id) {
+            return found;
+        }
+        registry_remove(reg, found);
     }
-    PyThread_release_lock(reg->mutex);
-    return found;
 }
 
 void
@@ -485,37 +502,110 @@ record_capsule_destructor(PyObject *capsule)
 }
 
 
-/* The record of the thread that `e` names, made now if it has none
- * (borrowed reference); NULL with MemoryError set, or NULL with no error
- * when that thread ended while the record was made. GIL held. */
-recordobject *
-entry_record(xthread_state *state, reg_entry *e)
+/* Attaches `made`, a record not yet anyone's, to the boot entry `e`, which
+ * has none. With the mutex held: the record starts from the entry's start
+ * shield, which the thread changes under the mutex too. Takes over the
+ * reference to `made` (the entry's). */
+static void
+entry_attach(reg_entry *e, recordobject *made)
 {
-    if (e->record == NULL) {
-        unsigned long ident = e->ident;
-        unsigned long long generation = e->generation;
-        recordobject *rec = record_new(state, generation);
-        if (rec == NULL) {
+    made->ident = e->ident;
+    made->shield_depth = e->start_shield;
+    e->record = made;
+}
+
+/* The record of the live thread with this ident, as a new reference; if
+ * it has none yet (a thread that _xthread started and that no one has
+ * looked at), one is made when `make`. NULL with no exception set when no
+ * live thread has the ident (or it has no record and `make` is 0); NULL
+ * with an exception set on failure. The entry is used only under the
+ * mutex, so its thread may end at any time; the record is allocated
+ * outside it (a collection may run) and attached only if the entry found
+ * then is of the same generation. GIL held. */
+recordobject *
+registry_record(xthread_state *state, unsigned long ident, int make)
+{
+    xthread_registry *reg = &state->registry;
+    recordobject *made = NULL, *rec = NULL;
+    for (;;) {
+        PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
+        reg_entry *e = registry_find_locked(reg, ident);
+        unsigned long long generation = 0;
+        if (e != NULL) {
+            generation = e->generation;
+            if (e->record == NULL && made != NULL
+                && made->generation == generation) {
+                entry_attach(e, made);
+                made = NULL;
+            }
+            rec = (recordobject *)Py_XNewRef((PyObject *)e->record);
+        }
+        PyThread_release_lock(reg->mutex);
+        if (e == NULL || rec != NULL || !make) {
+            break;
+        }
+        Py_XDECREF(made);
+        made = record_new(state, generation);
+        if (made == NULL) {
             return NULL;
         }
-        /* The allocation may have run a collection whose finalizers let
-         * the GIL go: another thread's entry may be gone now, and its
-         * memory freed (or reused). Trust it only if it is still linked
-         * under the same ident and generation. */
-        reg_entry *again = registry_find_live(state, ident);
-        if (again != e || again->generation != generation) {
-            Py_DECREF(rec);
-            return NULL;
-        }
-        if (e->record != NULL) {
-            Py_DECREF(rec);     /* made meanwhile, by another thread */
-            return e->record;
-        }
-        rec->ident = ident;
-        rec->shield_depth = e->start_shield;
-        e->record = rec;
     }
-    return e->record;
+    Py_XDECREF(made);       /* not needed after all */
+    return rec;
+}
+
+/* The record of the calling thread, which _xthread started (`e` is its
+ * own boot entry, which no other thread frees), made now if it has none.
+ * Borrowed (the entry holds it until the thread's function has returned);
+ * NULL with an exception set, or NULL and none once the entry is unlinked
+ * (the thread is ending). GIL held. */
+static recordobject *
+own_entry_record(xthread_state *state, reg_entry *e)
+{
+    xthread_registry *reg = &state->registry;
+    recordobject *made = NULL;
+    for (;;) {
+        PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
+        int linked = e->registry != NULL;
+        if (linked && e->record == NULL && made != NULL) {
+            entry_attach(e, made);
+            made = NULL;
+        }
+        recordobject *rec = e->record;
+        PyThread_release_lock(reg->mutex);
+        if (rec != NULL || !linked) {
+            Py_XDECREF(made);
+            return rec;
+        }
+        made = record_new(state, e->generation);
+        if (made == NULL) {
+            return NULL;
+        }
+    }
+}
+
+/* For the calling thread, which _xthread started (`e` its own boot
+ * entry): if it has no record yet, adds `delta` to its start shield and
+ * returns 1 (-1, changing nothing, if that would go below 0); returns 0
+ * if it has one, whose shield_depth is the one to change. Under the
+ * mutex, where a sender makes the record from the start shield. */
+int
+entry_start_shield_add(xthread_state *state, reg_entry *e, int delta)
+{
+    xthread_registry *reg = &state->registry;
+    int done = 0;
+    PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
+    if (e->record == NULL) {
+        if (e->start_shield + delta < 0) {
+            done = -1;
+        }
+        else {
+            e->start_shield += delta;
+            done = 1;
+        }
+    }
+    PyThread_release_lock(reg->mutex);
+    return done;
 }
 
 /* The calling thread's entry if _xthread started it, from this module, and
@@ -556,7 +646,7 @@ current_record(xthread_state *state)
 {
     reg_entry *boot_entry = current_boot_entry(state);
     if (boot_entry != NULL) {
-        recordobject *rec = entry_record(state, boot_entry);
+        recordobject *rec = own_entry_record(state, boot_entry);
         if (rec == NULL && !PyErr_Occurred()) {
             PyErr_SetString(PyExc_RuntimeError, "the thread has ended");
         }
@@ -597,28 +687,6 @@ find_tstate(unsigned long ident)
     return NULL;
 }
 
-/* registry_find, but first dropping an entry whose thread has ended. A
- * thread that is not _xthread's gets its record on first use, owned by its
- * thread-state dict; one made while that dict was being cleared (by a
- * __del__ run then, a threading.local value's) is never freed, and its
- * entry would take deliveries meant for a later thread with the same
- * ident. GIL held. */
-reg_entry *
-registry_find_live(xthread_state *state, unsigned long ident)
-{
-    for (;;) {
-        reg_entry *e = registry_find(&state->registry, ident);
-        if (e == NULL || e->tstate_id == 0) {
-            return e;
-        }
-        PyThreadState *t = find_tstate(ident);
-        if (t != NULL && PyThreadState_GetID(t) == e->tstate_id) {
-            return e;
-        }
-        registry_unlink(e);
-    }
-}
-
 /* The calling thread's record if it has one (borrowed), else NULL; never
  * makes one and never fails. */
 recordobject *
@@ -654,16 +722,11 @@ xthread_find_record(PyObject *module, PyObject *ident_obj)
     if (parse_ident(ident_obj, &ident) < 0) {
         return NULL;
     }
-    xthread_state *state = get_xthread_state(module);
-    reg_entry *entry = registry_find_live(state, ident);
-    if (entry == NULL) {
-        Py_RETURN_NONE;
-    }
-    recordobject *rec = entry_record(state, entry);
+    recordobject *rec = registry_record(get_xthread_state(module), ident, 1);
     if (rec == NULL && !PyErr_Occurred()) {
-        Py_RETURN_NONE;     /* ended meanwhile */
+        Py_RETURN_NONE;     /* no such thread, or it ended meanwhile */
     }
-    return Py_XNewRef((PyObject *)rec);
+    return (PyObject *)rec;
 }
 
 /* The OS id of a thread that xthread knows, by ident (and generation, if
@@ -687,22 +750,31 @@ xthread_native_id(PyObject *module, PyObject *args, PyObject *kwds)
         return NULL;
     }
     xthread_state *state = get_xthread_state(module);
+    xthread_registry *reg = &state->registry;
+    reg_entry *own = current_boot_entry(state);
     for (;;) {
-        reg_entry *entry = registry_find_live(state, ident);
-        if (entry == NULL
-            || (generation != 0 && entry->generation != generation)) {
-            Py_RETURN_NONE;
-        }
-        if (entry->pid != current_pid()) {
-            /* Linked before a fork(): in this child, its thread is gone,
-             * unless it is the one that forked. */
-            if (entry == current_boot_entry(state)) {
-                return PyLong_FromUnsignedLong(
-                    PyThread_get_thread_native_id());
+        /* 0: none; 1: found (native_id 0 if it has not run yet). */
+        int found = 0;
+        unsigned long native_id = 0;
+        PyThread_acquire_lock(registry_mutex(reg), WAIT_LOCK);
+        reg_entry *entry = registry_find_locked(reg, ident);
+        if (entry != NULL
+            && (generation == 0 || entry->generation == generation)) {
+            if (entry->pid == current_pid()) {
+                found = 1;
+                native_id = atomic_load(&entry->native_id);
             }
+            else if (entry == own) {
+                /* Linked before a fork(): in this child, its thread is
+                 * gone, unless it is the one that forked. */
+                found = 1;
+                native_id = PyThread_get_thread_native_id();
+            }
+        }
+        PyThread_release_lock(reg->mutex);
+        if (!found) {
             Py_RETURN_NONE;
         }
-        unsigned long native_id = atomic_load(&entry->native_id);
         if (native_id != 0) {
             return PyLong_FromUnsignedLong(native_id);
         }

@@ -30,18 +30,22 @@ PyThread_type_lock registry_mutex(xthread_registry *reg);
 void registry_link(xthread_registry *reg, reg_entry *e);
 void registry_unlink(reg_entry *e);
 void entry_init(reg_entry *e, unsigned long long generation);
-/* The live thread's entry by ident (borrowed), dropping a stale one. */
-reg_entry *registry_find_live(xthread_state *state, unsigned long ident);
 /* The interpreter's thread state with this ident, or NULL. */
 PyThreadState *find_tstate(unsigned long ident);
 
-/* Records. entry_record and current_record make the record on first use
- * (borrowed; NULL with an exception set, or, for entry_record, NULL and
- * no exception when the thread ended meanwhile); current_record_if_any
- * never makes one and never fails. */
-recordobject *entry_record(xthread_state *state, reg_entry *e);
+/* Records. An entry is used only under the registry's mutex (its thread
+ * may end and free it as soon as the mutex is let go), so another thread's
+ * record is got as a new reference: registry_record (made on first use
+ * if `make`; NULL and no exception when no live thread has the ident).
+ * The calling thread's own: current_record (made on first use; borrowed;
+ * NULL with an exception set) and current_record_if_any (never makes
+ * one, never fails). entry_start_shield_add changes the start shield of
+ * the calling thread, started by _xthread, while it has no record. */
+recordobject *registry_record(xthread_state *state, unsigned long ident,
+                              int make);
 recordobject *current_record(xthread_state *state);
 recordobject *current_record_if_any(xthread_state *state);
+int entry_start_shield_add(xthread_state *state, reg_entry *e, int delta);
 /* Makes a record's semaphore (`park`, `landed`) on first use. */
 int record_semaphore(PyThread_type_lock *sem);
 extern PyType_Spec record_type_spec;

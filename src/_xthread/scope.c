@@ -143,22 +143,23 @@ xthread_call_unshielded(PyObject *module, PyObject *func)
     PyObject *res = NULL;
     recordobject *rec;
     reg_entry *boot_entry = current_boot_entry(state);
-    if (boot_entry != NULL && boot_entry->record == NULL) {
+    int lifted = boot_entry != NULL
+                 ? entry_start_shield_add(state, boot_entry, -1) : 0;
+    if (lifted < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "_call_unshielded needs a shield");
+        return NULL;
+    }
+    if (lifted) {
         /* A started thread with no record yet: nothing was sent to it, so
          * nothing is held back. Its record, if func makes one, starts
-         * unshielded. */
-        if (boot_entry->start_shield < 1) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "_call_unshielded needs a shield");
-            return NULL;
-        }
-        boot_entry->start_shield--;
+         * unshielded; if it has none still, the start shield is put back
+         * (one step under the mutex with the check, as a sender makes the
+         * record from it), else the record's shield below. */
         res = PyObject_CallNoArgs(func);
-        boot_entry->start_shield++;
-        rec = (recordobject *)Py_XNewRef((PyObject *)boot_entry->record);
-        if (rec == NULL) {
+        if (entry_start_shield_add(state, boot_entry, 1) == 1) {
             return res;
         }
+        rec = (recordobject *)Py_NewRef((PyObject *)boot_entry->record);
     }
     else {
         rec = current_record(state);

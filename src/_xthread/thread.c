@@ -222,9 +222,8 @@ thread_abandon(bootstate *boot, const char *why)
 static int
 thread_lift_start_shield(bootstate *boot)
 {
-    if (boot->entry.record == NULL) {
-        boot->entry.start_shield--;     /* nothing was sent */
-        return 0;
+    if (entry_start_shield_add(boot->state, &boot->entry, -1) == 1) {
+        return 0;                       /* no record: nothing was sent */
     }
     return record_shield_exit(boot->entry.record);
 }
