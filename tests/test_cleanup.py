@@ -584,3 +584,34 @@ def test_kill_lands_after_a_stray_withdrawal():
     join_or_fail(t)
     assert isinstance(ctx.caught, xthread.ThreadKilled)
     assert ctx.fin == 1
+
+
+@pytest.mark.parametrize("gc_on", [True, False])
+def test_arming_leaves_the_collector_as_it_found_it(gc_on):
+    # Arming takes the target's stack with the collector paused (a
+    # collection there could let the target run mid-walk): it is switched
+    # back only if it was on.
+    running, stop, caught = (threading.Event(), threading.Event(),
+                             threading.Event())
+
+    def spin():
+        running.set()
+        try:
+            while not stop.is_set():
+                pass
+        except KeyError:
+            caught.set()
+
+    was = gc.isenabled()
+    (gc.enable if gc_on else gc.disable)()
+    try:
+        t = xthread.Thread(target=spin, daemon=True)
+        t.start()
+        assert running.wait(JOIN_TIMEOUT)
+        assert t.raise_exc(KeyError)
+        assert caught.wait(JOIN_TIMEOUT)
+        join_or_fail(t)
+        assert gc.isenabled() is gc_on
+    finally:
+        stop.set()
+        (gc.enable if was else gc.disable)()

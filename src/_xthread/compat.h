@@ -298,6 +298,29 @@ xthread_code_bytes(PyCodeObject *code)
  * (gh-110850). Both spell the same name; the value is only read at run
  * time, so nothing to do but say so here. */
 
+/* PyGC_Disable / PyGC_Enable: added in 3.10 (bpo-28254). Before, the gc
+ * module's own functions. Return the previous state (1: enabled), or -1
+ * with an exception set. */
+#if PY_VERSION_HEX < 0x030A0000
+static inline int
+xthread_gc_call(const char *name)
+{
+    PyObject *gc = PyImport_ImportModule("gc");
+    if (gc == NULL) {
+        return -1;
+    }
+    PyObject *was = PyObject_CallMethod(gc, "isenabled", NULL);
+    PyObject *res = was != NULL ? PyObject_CallMethod(gc, name, NULL) : NULL;
+    Py_DECREF(gc);
+    int enabled = res != NULL ? PyObject_IsTrue(was) : -1;
+    Py_XDECREF(was);
+    Py_XDECREF(res);
+    return enabled;
+}
+#  define PyGC_Disable() xthread_gc_call("disable")
+#  define PyGC_Enable() xthread_gc_call("enable")
+#endif
+
 /* Py_mod_multiple_interpreters: added in 3.12 (PEP 684); a module
  * without the slot is taken to support subinterpreters that share the
  * main GIL, which is what this one claims. */

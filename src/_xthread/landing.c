@@ -451,7 +451,17 @@ landing_trace(PyObject *obj, PyFrameObject *frame, int what,
 }
 
 /* Calls fn(state, rec, frame) for each frame of `tstate`'s stack,
- * innermost first; stops at the first that fails (-1). */
+ * innermost first; stops at the first that fails (-1).
+ *
+ * The stack is taken whole first, with the collector off if it is
+ * another thread's, then visited.
+ * Taking a frame of another thread makes its frame object, and up to 3.11
+ * an allocation may run a collection, whose finalizers may let that
+ * thread run: the frame it was made for may return meanwhile, and its
+ * slot be taken by another frame, whose fields are then read as the new
+ * frame object's (seen on 3.11: a "frame" that was the builtins dict, and
+ * a crash in test_cleanup's pool cancel). A visit runs Python code, so
+ * none runs while the stack is taken. */
 typedef int (*frame_visitor)(xthread_state *, recordobject *,
                              PyFrameObject *);
 
@@ -459,17 +469,37 @@ static int
 for_each_frame(xthread_state *state, recordobject *rec,
                PyThreadState *tstate, frame_visitor fn)
 {
+    PyObject *stack = PyList_New(0);
+    if (stack == NULL) {
+        return -1;
+    }
+    /* The calling thread's own frames cannot return under it. */
+    int other = tstate != PyThreadState_Get();
+    int gc_was_on = other ? PyGC_Disable() : 0;
+    if (gc_was_on < 0) {
+        Py_DECREF(stack);
+        return -1;
+    }
+    int rc = 0;
     PyFrameObject *frame = PyThreadState_GetFrame(tstate);
     while (frame != NULL) {
-        if (fn(state, rec, frame) < 0) {
+        if (PyList_Append(stack, (PyObject *)frame) < 0) {
             Py_DECREF(frame);
-            return -1;
+            rc = -1;
+            break;
         }
         PyFrameObject *back = PyFrame_GetBack(frame);
         Py_DECREF(frame);
         frame = back;
     }
-    return 0;
+    if (gc_was_on && PyGC_Enable() < 0) {
+        rc = -1;
+    }
+    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(stack); i++) {
+        rc = fn(state, rec, (PyFrameObject *)PyList_GET_ITEM(stack, i));
+    }
+    Py_DECREF(stack);
+    return rc < 0 ? -1 : 0;
 }
 
 /* Sets f_trace_opcodes on a frame that does not have it, noting it in
