@@ -18,10 +18,12 @@ harness, not a result, and the trial is run again (a bounded number of
 times). No trial waits by sleeping: senders wait on the ``ready`` event,
 time limits fire on their own.
 """
+import dis
 import gc
 import queue
 import sys
 import threading
+import time
 
 import pytest
 
@@ -615,3 +617,48 @@ def test_arming_leaves_the_collector_as_it_found_it(gc_on):
     finally:
         stop.set()
         (gc.enable if was else gc.disable)()
+
+
+def test_a_kill_while_a_with_waits_in_enter_leaves_the_lock_free():
+    """A kill re-sends an armed stop plain after 50 ms so that a thread in
+    a C call gets it when the call returns. Not while the thread is in a
+    ``with``'s __enter__: from 3.14 that call's own check raises at the
+    CALL, which no handler of the ``with`` covers yet, so a lock that
+    __enter__ took would stay held by a dead thread. The stop lands in the
+    ``with`` body instead, and __exit__ gives the lock back."""
+    lock = threading.Lock()     # the stdlib's: its wait is not killable
+    lock.acquire()
+    caught = []
+
+    def target():
+        try:
+            with lock:
+                while True:
+                    pass
+        except xthread.ThreadKilled as exc:
+            caught.append(exc)
+
+    t = xthread.Thread(target=target, daemon=True)
+    t.start()
+    # Bounded wait until the thread sits in the call of __enter__.
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while not _in_call_of(t, target.__code__):
+        assert time.monotonic() < deadline, "never reached the with"
+        time.sleep(0.001)
+    try:
+        result = t.kill(0.3, interval=0.06, attempts=5)
+        assert not result and result.in_c_call
+    finally:
+        lock.release()
+    join_or_fail(t)
+    assert len(caught) == 1
+    assert lock.acquire(timeout=JOIN_TIMEOUT), "the dead thread kept it"
+    lock.release()
+
+
+def _in_call_of(thread, code):
+    frame = sys._current_frames().get(thread.ident)
+    if frame is None or frame.f_code is not code:
+        return False
+    op = code.co_code[frame.f_lasti]
+    return dis.opname[op].startswith(("CALL", "SETUP_WITH", "BEFORE_WITH"))

@@ -619,7 +619,7 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
             if (rec->armed && !rec->plain && !rec->judging
                 && rec->outstanding != NULL
                 && monotonic_us() - rec->sent_at_us >= PLAIN_AFTER_US
-                && !thread_in_own_code(state, find_tstate(rec->ident))) {
+                && !plain_would_split(state, find_tstate(rec->ident))) {
                 PyObject *plain = make_carrier(rec->outstanding, rec,
                                                rec->outstanding_token);
                 if (plain == NULL) {

@@ -147,7 +147,7 @@ landing_load(xthread_state *state)
         }
         state->monitoring = Py_NewRef(mon);
     }
-    if (XTHREAD_SIGNAL_WAKES && wake_load_call_ops(state) < 0) {
+    if (XTHREAD_LANDING == 2 && plain_load_opcodes(state) < 0) {
         Py_DECREF(safe);
         Py_DECREF(mod);
         goto failed;

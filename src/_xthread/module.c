@@ -115,6 +115,7 @@ xthread_exec(PyObject *module)
     for (size_t i = 0; i < 3; i++) {
         state->call_ops[i] = -1;
     }
+    state->load_special_op = -1;
     /* Whether a delivery signals a thread out of a system call (compat.h). */
     if (PyModule_AddIntConstant(module, "_SIGNAL_WAKES",
                                 XTHREAD_SIGNAL_WAKES) < 0) {

@@ -1,5 +1,6 @@
-/* wake.c: signalling a thread out of a system call so that a delivery
- * lands (3.15+), and _wake_signal. What each offers and who may call it:
+/* wake.c: where a plain copy may be handed to a thread, signalling a
+ * thread out of a system call so that a delivery lands (3.15+), and
+ * _wake_signal. What each offers and who may call it:
  * wake.h. */
 #include "xthread.h"
 #include "deliver.h"
@@ -97,9 +98,12 @@ wake_signal_ready(void)
 }
 
 int
-wake_load_call_ops(xthread_state *state)
+plain_load_opcodes(xthread_state *state)
 {
-    static const char *names[] = {"CALL", "CALL_KW", "CALL_FUNCTION_EX"};
+    static const char *names[] = {"CALL", "CALL_KW", "CALL_FUNCTION_EX",
+                                  "LOAD_SPECIAL"};
+    int *ops[] = {&state->call_ops[0], &state->call_ops[1],
+                  &state->call_ops[2], &state->load_special_op};
     PyObject *opcode = PyImport_ImportModule("opcode");
     PyObject *opmap = opcode != NULL
         ? PyObject_GetAttrString(opcode, "opmap") : NULL;
@@ -107,14 +111,14 @@ wake_load_call_ops(xthread_state *state)
     if (opmap == NULL) {
         return -1;
     }
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < 4; i++) {
         PyObject *v = PyMapping_GetItemString(opmap, names[i]);
         if (v == NULL) {
             PyErr_Clear();
-            state->call_ops[i] = -1;
+            *ops[i] = -1;
             continue;
         }
-        state->call_ops[i] = (int)PyLong_AsLong(v);
+        *ops[i] = (int)PyLong_AsLong(v);
         Py_DECREF(v);
         if (PyErr_Occurred()) {
             Py_DECREF(opmap);
@@ -141,55 +145,62 @@ code_is_own(xthread_state *state, PyCodeObject *code)
     return own == 1;
 }
 
-/* Whether the thread of `tstate` runs one of xthread's own primitives
- * now (its innermost frame). GIL held. */
-int
-thread_in_own_code(xthread_state *state, PyThreadState *tstate)
+/* Where a plain copy handed to a thread now would first be checked for:
+ * SPOT_SPLITS where it would land between something taken and the
+ * handler that gives it back, SPOT_IN_CALL at another call, SPOT_OTHER
+ * elsewhere. The thread's innermost frame splits in one of xthread's own
+ * primitives, and at the call of a `with`'s __enter__ on 3.14+
+ * (LOAD_SPECIAL __enter__, then CALL): that call's own eval-breaker
+ * check raises at the CALL, which no handler of the `with` covers yet,
+ * so a lock that __enter__ took would stay held for good. (Up to 3.13,
+ * BEFORE_WITH calls __enter__ and checks nothing.) */
+enum { SPOT_OTHER, SPOT_IN_CALL, SPOT_SPLITS };
+
+static int
+plain_spot(xthread_state *state, PyThreadState *tstate)
 {
     PyFrameObject *frame = tstate != NULL ? PyThreadState_GetFrame(tstate)
                                           : NULL;
     if (frame == NULL) {
-        return 0;
-    }
-    PyCodeObject *code = PyFrame_GetCode(frame);
-    Py_DECREF(frame);
-    int own = code_is_own(state, code);
-    Py_DECREF(code);
-    return own;
-}
-
-/* Whether the thread of `tstate` (another thread; the caller holds the
- * GIL, so that thread runs no bytecode) is inside a call: its innermost
- * frame is at a call instruction. Never fails. */
-static int
-wake_in_call(xthread_state *state, PyThreadState *tstate)
-{
-    PyFrameObject *frame = PyThreadState_GetFrame(tstate);
-    if (frame == NULL) {
-        return 0;
+        return SPOT_OTHER;
     }
     int lasti = xthread_frame_lasti(frame);
     PyCodeObject *code = PyFrame_GetCode(frame);
     Py_DECREF(frame);
-    int in_call = 0;
     if (code_is_own(state, code)) {
         Py_DECREF(code);
-        return 0;
+        return SPOT_SPLITS;
     }
     PyObject *bytes = lasti >= 0 ? xthread_code_bytes(code) : NULL;
     Py_DECREF(code);
     if (bytes == NULL) {
         PyErr_Clear();
-        return 0;
+        return SPOT_OTHER;
     }
+    int spot = SPOT_OTHER;
     if (PyBytes_Check(bytes) && lasti < PyBytes_GET_SIZE(bytes)) {
-        int op = (unsigned char)PyBytes_AS_STRING(bytes)[lasti];
+        const unsigned char *co = (const unsigned char *)
+                                  PyBytes_AS_STRING(bytes);
+        int op = co[lasti];
         for (size_t i = 0; i < 3; i++) {
-            in_call |= op == state->call_ops[i];
+            if (op == state->call_ops[i]) {
+                spot = SPOT_IN_CALL;
+            }
+        }
+        if (spot == SPOT_IN_CALL && lasti >= 2 && state->load_special_op >= 0
+            && co[lasti - 2] == state->load_special_op
+            && co[lasti - 1] == 0 /* __enter__ */) {
+            spot = SPOT_SPLITS;
         }
     }
     Py_DECREF(bytes);
-    return in_call;
+    return spot;
+}
+
+int
+plain_would_split(xthread_state *state, PyThreadState *tstate)
+{
+    return plain_spot(state, tstate) == SPOT_SPLITS;
 }
 
 /* Signals the thread `ident` if it is inside a call, after making sure
@@ -213,7 +224,7 @@ wake_thread(xthread_state *state, unsigned long ident, recordobject *rec)
     }
     PyThreadState *tstate = find_tstate(ident);
     if (tstate == NULL || tstate == PyThreadState_Get()
-        || !wake_in_call(state, tstate)) {
+        || plain_spot(state, tstate) != SPOT_IN_CALL) {
         return 0;
     }
     if (rec != NULL && !rec->plain) {

@@ -1,4 +1,5 @@
-/* wake.h: waking a thread blocked in a system call (wake.c). From 3.15
+/* wake.h: where a plain copy may be handed to a thread, and waking a
+ * thread blocked in a system call (wake.c). From 3.15
  * (XTHREAD_SIGNAL_WAKES in compat.h) a signal without SA_RESTART makes a
  * C call that retries on EINTR check for the thread's pending exception,
  * so a delivery to a thread inside a call also signals it. Elsewhere the
@@ -11,12 +12,16 @@
 
 #include "xthread.h"
 
-/* Loads the call instructions' opcodes (with the landing module). */
-int wake_load_call_ops(xthread_state *state);
+/* Loads the opcodes that plain_would_split and the wake read (with the
+ * landing module, 3.12+). */
+int plain_load_opcodes(xthread_state *state);
 /* Whether `code` is one of xthread's own primitives, where nothing may
- * land; whether `tstate`'s innermost frame runs one. Never fail. */
+ * land. Whether a plain copy handed to the thread of `tstate` now could
+ * land between something taken and the handler that gives it back: its
+ * innermost frame runs one of xthread's primitives, or calls a `with`'s
+ * __enter__ (3.14+). Never fail. */
 int code_is_own(xthread_state *state, PyCodeObject *code);
-int thread_in_own_code(xthread_state *state, PyThreadState *tstate);
+int plain_would_split(xthread_state *state, PyThreadState *tstate);
 /* Signals thread `ident` if it is inside a call, first handing the
  * interpreter a plain copy of `rec`'s outstanding exception: 1 when a
  * signal was sent. wake_until_landed signals again, GIL dropped between,

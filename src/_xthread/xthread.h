@@ -123,10 +123,12 @@ typedef struct {
     PyObject *mon_counts;
     long ev_instruction, ev_py_start, ev_py_resume;
     PyObject *cb_instruction, *cb_py_start, *cb_py_resume;
-    /* Waking (XTHREAD_SIGNAL_WAKES): the opcodes of the call instructions
-     * (CALL, CALL_KW, CALL_FUNCTION_EX; -1 where unknown), loaded with
-     * the landing module. */
+    /* Where a plain copy may be handed over (plain_would_split) and
+     * waking (XTHREAD_SIGNAL_WAKES): the opcodes of the call instructions
+     * (CALL, CALL_KW, CALL_FUNCTION_EX) and of LOAD_SPECIAL (3.14+),
+     * -1 where unknown; loaded with the landing module on 3.12+. */
     int call_ops[3];
+    int load_special_op;
 } xthread_state;
 
 static inline xthread_state *
