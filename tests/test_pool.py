@@ -551,3 +551,46 @@ def test_main_help_lists_the_commands():
                           timeout=SCRIPT_TIMEOUT)
     assert proc.returncode == 0
     assert "demo" in proc.stdout
+
+
+def test_stopped_callbacks_run_once_and_no_waiter_misses_the_end():
+    # Callbacks are added just after submit, so they race the worker that
+    # ends the task: added before it let go, they run in the worker;
+    # after, at once. Either way once each. A second thread waits in
+    # wait_stopped() on every future as they end: none misses its end.
+    n = 400
+    counts = [0] * n
+    all_called = threading.Event()
+    called = []
+    lock = threading.Lock()
+
+    def stopped(i):
+        def callback(future):
+            with lock:
+                counts[i] += 1
+                called.append(i)
+                if len(called) == n:
+                    all_called.set()
+        return callback
+
+    missed = []
+    with xthread.ThreadPoolExecutor(2) as p:
+        futures = []
+        for i in range(n):
+            f = p.submit(sum, range(i % 40))
+            f.add_stopped_callback(stopped(i))
+            futures.append(f)
+
+        def wait_all():
+            missed.extend(i for i, f in enumerate(futures)
+                          if not f.wait_stopped(T))
+
+        waiter = threading.Thread(target=wait_all)
+        waiter.start()
+        waiter.join(T * 2)
+        assert not waiter.is_alive()
+        assert [f.result(T) for f in futures] == [
+            sum(range(i % 40)) for i in range(n)]
+    assert not missed
+    assert all_called.wait(T)
+    assert counts == [1] * n

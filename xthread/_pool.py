@@ -198,9 +198,13 @@ class Future(_futures.Future):
 
     # Whether the task's code no longer runs on a serving worker; whether
     # anyone waits for that (wait_stopped, add_stopped_callback), and
-    # their callbacks. The flag is set without the future's lock, which
-    # only watched futures take: the worker does not contend for the lock
-    # with a caller that result() just woke.
+    # their callbacks. The flag is first set without the future's lock
+    # (notify=False, before the outcome): the worker does not contend for
+    # the lock with a caller that result() is about to wake. The notifying
+    # call reads `watched` under the lock: a watcher writes it under the
+    # lock and then reads the flag, and without the GIL (3.14t) a store
+    # then a load of two attributes in two threads may each miss the
+    # other's store; the lock orders them, so no watcher waits for ever.
     _xthread_let_go = False
     _xthread_watched = False
     _xthread_stopped_callbacks = None
@@ -209,9 +213,11 @@ class Future(_futures.Future):
         # notify=False only sets the flag: the worker notifies once the
         # outcome is set, so that stopped callbacks can read it.
         self._xthread_let_go = True
-        if not (notify and self._xthread_watched):
+        if not notify:
             return
         with self._condition:
+            if not self._xthread_watched:
+                return
             callbacks = self._xthread_stopped_callbacks
             self._xthread_stopped_callbacks = None
             self._condition.notify_all()

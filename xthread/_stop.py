@@ -28,6 +28,9 @@ _deliver = _xthread._deliver
 _nudge = _xthread._nudge
 # Whether a thread blocked in a system call is signalled out of it (3.15+).
 _SIGNAL_WAKES = bool(_xthread._SIGNAL_WAKES)
+# Whether threads take turns on a GIL now (always before 3.13; on a
+# free-threaded build it can be switched on at run time).
+_gil_enabled = getattr(_sys, "_is_gil_enabled", lambda: True)
 _get_ident = _xthread.get_ident
 _monotonic = _time.monotonic
 
@@ -244,6 +247,9 @@ class _Watchdog:
     def cancel(self, item):
         # The scope is closed already (time_limit.__exit__, in C).
         item[_IDENT] = None
+        # A count for compaction only, bumped without the mutex: an update
+        # lost to a race (no GIL on 3.14t, or a switch between the read
+        # and the write) only moves the next compaction.
         self._cancelled += 1
         if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
             _shield_enter()
@@ -338,8 +344,9 @@ class _Watchdog:
             # wake that much early: when the GIL is busy, getting it back
             # takes about that long; when it was free, the deadline is
             # still ahead, and a second wait, now uncontended, ends on it.
+            # Without a GIL (3.14t with it off) there is nothing to wait for.
             left = wake_at - _monotonic()
-            early = _sys.getswitchinterval()
+            early = _sys.getswitchinterval() if _gil_enabled() else 0.0
             if left > early:
                 self._wake.acquire(True, min(left - early, _MAX_WAIT_S))
                 # Poked (a new earlier deadline), or one interval before
