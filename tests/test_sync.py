@@ -154,6 +154,33 @@ def test_rlock_release_by_non_owner(impl):
         rlock.release()
 
 
+def test_rlock_release_save_only_by_its_holder():
+    # Condition.wait lets go of every level with _release_save: only the
+    # holder may (CPython's RLock refuses others from 3.13; before, any
+    # thread could let go of another's hold). xthread refuses on every
+    # version.
+    rlock = xthread.RLock()
+    with pytest.raises(RuntimeError):
+        rlock._release_save()
+    rlock.acquire()
+    rlock.acquire()
+    t, box = run(rlock._release_save)
+    with pytest.raises(RuntimeError):
+        finish(t, box)
+    assert rlock._is_owned() and rlock._recursion_count() == 2
+    saved = rlock._release_save()
+    assert not rlock.locked() and not rlock._is_owned()
+    assert finish(*run(rlock.acquire, False)) is True   # and keeps it
+    with pytest.raises(RuntimeError):
+        rlock._release_save()
+    rlock = xthread.RLock()
+    rlock._acquire_restore(saved)
+    assert rlock._recursion_count() == 2
+    rlock.release()
+    rlock.release()
+    assert not rlock.locked()
+
+
 def test_rlock_context_manager(impl):
     rlock = impl.RLock()
     with rlock:

@@ -314,15 +314,47 @@ PyType_Spec lock_type_spec = {
  * same C call as the wait (acquire) or the release: no Python code runs
  * in between, so an exception sent to the thread (a stop, a time limit)
  * never lands with the lock taken and its owner not yet noted, or the
- * other way round. `owner` and `count` are read and written with the GIL
- * held (the core's `locked` flag is what other threads test). */
+ * other way round. `owner` and `count` are written only by the thread
+ * that holds the core (or has just taken it, or is letting it go; and by
+ * the fork child's reinit), and read by any thread: relaxed atomics, so
+ * that a thread without the GIL (3.14t) reads a whole value. A thread
+ * that reads its own ident in `owner` holds the lock, and `count` is then
+ * its own; any other reading of `owner` means only "not mine". */
 typedef struct {
     PyObject_HEAD
     lock_core *core;
-    unsigned long owner;        /* ident of the holder; 0 when free */
-    unsigned long count;        /* its depth; 0 when free */
+    atomic_ulong owner;         /* ident of the holder; 0 when free */
+    atomic_ulong count;         /* its depth; 0 when free */
     PyObject *weakreflist;
 } rlockobject;
+
+static inline unsigned long
+rlock_owner(rlockobject *self)
+{
+    return atomic_load_explicit(&self->owner, memory_order_relaxed);
+}
+
+static inline unsigned long
+rlock_count(rlockobject *self)
+{
+    return atomic_load_explicit(&self->count, memory_order_relaxed);
+}
+
+/* Notes the holder and its depth: by the holder only. */
+static inline void
+rlock_note(rlockobject *self, unsigned long owner, unsigned long count)
+{
+    atomic_store_explicit(&self->count, count, memory_order_relaxed);
+    atomic_store_explicit(&self->owner, owner, memory_order_relaxed);
+}
+
+/* Whether the calling thread holds the lock. */
+static inline int
+rlock_mine(rlockobject *self)
+{
+    return rlock_owner(self) == PyThread_get_thread_ident()
+           && rlock_count(self) > 0;
+}
 
 static xthread_state *
 rlock_state(rlockobject *self)
@@ -339,13 +371,14 @@ rlock_acquire(rlockobject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     unsigned long me = PyThread_get_thread_ident();
-    if (self->count > 0 && self->owner == me) {
-        if (self->count == ULONG_MAX) {
+    if (rlock_mine(self)) {
+        unsigned long count = rlock_count(self);
+        if (count == ULONG_MAX) {
             PyErr_SetString(PyExc_OverflowError,
                             "internal lock count overflowed");
             return NULL;
         }
-        self->count++;
+        rlock_note(self, me, count + 1);
         Py_RETURN_TRUE;
     }
     xthread_state *state = rlock_state(self);
@@ -354,8 +387,7 @@ rlock_acquire(rlockobject *self, PyObject *args, PyObject *kwds)
     }
     switch (lock_core_acquire(state, self->core, timeout_us)) {
     case WAIT_DONE:
-        self->owner = me;
-        self->count = 1;
+        rlock_note(self, me, 1);
         Py_RETURN_TRUE;
     case WAIT_TIMEOUT:
         Py_RETURN_FALSE;
@@ -378,14 +410,18 @@ PyDoc_STRVAR(rlock_acquire_doc,
 static int
 rlock_release_level(rlockobject *self)
 {
-    if (self->count == 0 || self->owner != PyThread_get_thread_ident()) {
+    if (!rlock_mine(self)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "cannot release un-acquired lock");
         return -1;
     }
-    if (--self->count == 0) {
-        self->owner = 0;
+    unsigned long count = rlock_count(self) - 1;
+    if (count == 0) {
+        rlock_note(self, 0, 0);
         lock_core_release(self->core);
+    }
+    else {
+        rlock_note(self, PyThread_get_thread_ident(), count);
     }
     return 0;
 }
@@ -419,32 +455,32 @@ rlock_locked(rlockobject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 rlock_is_owned(rlockobject *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(self->count > 0
-                           && self->owner == PyThread_get_thread_ident());
+    return PyBool_FromLong(rlock_mine(self));
 }
 
 static PyObject *
 rlock_recursion_count(rlockobject *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromUnsignedLong(
-        self->owner == PyThread_get_thread_ident() ? self->count : 0);
+    return PyLong_FromUnsignedLong(rlock_mine(self) ? rlock_count(self) : 0);
 }
 
-/* For Condition.wait: lets go of every level at once, returning them. */
+/* For Condition.wait: lets go of every level at once, returning them.
+ * Only the holder may (as CPython's RLock from 3.13; before, any thread
+ * could let go of another's hold). */
 static PyObject *
 rlock_release_save(rlockobject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->count == 0) {
+    if (!rlock_mine(self)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "cannot release un-acquired lock");
         return NULL;
     }
-    PyObject *saved = Py_BuildValue("(kk)", self->count, self->owner);
+    PyObject *saved = Py_BuildValue("(kk)", rlock_count(self),
+                                    rlock_owner(self));
     if (saved == NULL) {
         return NULL;
     }
-    self->count = 0;
-    self->owner = 0;
+    rlock_note(self, 0, 0);
     lock_core_release(self->core);
     return saved;
 }
@@ -473,8 +509,7 @@ rlock_acquire_restore(rlockobject *self, PyObject *saved)
     }
     switch (lock_core_acquire(state, self->core, -1)) {
     case WAIT_DONE:
-        self->owner = owner;
-        self->count = count;
+        rlock_note(self, owner, count);
         Py_RETURN_NONE;
     case WAIT_INTERRUPTED:
         return raise_outstanding(current_record(state));
@@ -492,17 +527,17 @@ rlock_at_fork_reinit(rlockobject *self, PyObject *Py_UNUSED(ignored))
     if (lock_core_reinit(self->core) < 0) {
         return NULL;
     }
-    self->owner = 0;
-    self->count = 0;
+    rlock_note(self, 0, 0);
     Py_RETURN_NONE;
 }
 
 static PyObject *
 rlock_repr(rlockobject *self)
 {
-    unsigned long count = self->count;
-    PyObject *owner = count > 0 ? PyLong_FromUnsignedLong(self->owner)
-                                : Py_NewRef(Py_None);
+    unsigned long count = rlock_count(self);
+    unsigned long holder = rlock_owner(self);
+    PyObject *owner = count > 0 && holder != 0
+                      ? PyLong_FromUnsignedLong(holder) : Py_NewRef(Py_None);
     if (owner == NULL) {
         return NULL;
     }
@@ -532,8 +567,7 @@ rlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->core = core;
-    self->owner = 0;
-    self->count = 0;
+    rlock_note(self, 0, 0);
     self->weakreflist = NULL;
     return (PyObject *)self;
 }
