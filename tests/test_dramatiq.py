@@ -5,7 +5,9 @@ its ``stop()`` clears it; its time limits and shutdown raise exceptions in
 worker threads with ``PyThreadState_SetAsyncExc``. Its own tests (from its
 published sdist) are run here twice, each in a subprocess with pytest: as
 published, and with its threads made ``xthread.Thread``\\ s and its
-``raise_thread_exception`` made ``xthread.raise_in_thread`` (see
+``raise_thread_exception`` made ``xthread.raise_in_thread``, and its
+``TimeLimit`` and ``ShutdownNotifications`` replaced by
+``xthread.contrib.dramatiq``'s (see
 ``dramatiq_harness/dramatiq_conftest.py``, which also gives the fixtures
 the sdist's tests ask for). Every test that passes as published must
 pass with xthread too.
@@ -131,6 +133,10 @@ def test_dramatiq_suite_passes_with_xthread(tmp_path):
     assert "xthread._thread.Thread" in our_checks["consumer_thread"]
     assert "_raise_thread_exception" in our_checks["raise_thread_exception"]
     assert "xthread._thread.Thread" not in stock_checks["worker_thread"]
+    assert ("xthread.contrib.dramatiq.TimeLimit"
+            in our_checks["default_middleware"])
+    assert ("dramatiq.middleware.time_limit.TimeLimit"
+            in stock_checks["default_middleware"])
 
     print("dramatiq %s: as published %s; with xthread %s" % (
         our_checks["dramatiq"], _counts(stock), _counts(ours)))

@@ -6,7 +6,9 @@ sdist ships its tests but not its conftest.
 With ``XTHREAD_DRAMATIQ=xthread`` in the environment, dramatiq is pointed
 at xthread before its modules are imported: its threads (``WorkerThread``,
 ``ConsumerThread``, the time-limit manager) are ``xthread.Thread``\\ s, and
-its ``raise_thread_exception`` is ``xthread.raise_in_thread``. The file
+its ``raise_thread_exception`` is ``xthread.raise_in_thread``, and the
+brokers it makes get ``xthread.contrib.dramatiq``'s ``TimeLimit`` and
+``ShutdownNotifications`` in place of dramatiq's. The file
 named by ``XTHREAD_DRAMATIQ_CHECKS`` gets what was checked, so that the
 caller knows the patch took effect.
 """
@@ -50,6 +52,14 @@ if MODE == "xthread":
                     dramatiq.middleware.shutdown):
         if hasattr(_module, "raise_thread_exception"):
             _module.raise_thread_exception = _raise_thread_exception
+    # Brokers made without a middleware list get xthread's TimeLimit and
+    # ShutdownNotifications in the places of dramatiq's.
+    from xthread.contrib import dramatiq as _contrib
+    _ours = {dramatiq.middleware.TimeLimit: _contrib.TimeLimit,
+             dramatiq.middleware.ShutdownNotifications:
+                 _contrib.ShutdownNotifications}
+    dramatiq.middleware.default_middleware[:] = [
+        _ours.get(m, m) for m in dramatiq.middleware.default_middleware]
 
 import dramatiq  # noqa: E402
 import dramatiq.worker  # noqa: E402
@@ -68,6 +78,9 @@ def _checks():
         "raise_thread_exception": "%s.%s" % (
             time_limit.raise_thread_exception.__module__,
             time_limit.raise_thread_exception.__qualname__),
+        "default_middleware": [
+            m.__module__ + "." + m.__qualname__
+            for m in dramatiq.middleware.default_middleware],
     }
 
 
