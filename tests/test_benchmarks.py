@@ -21,3 +21,28 @@ def test_benchmark_runs_and_writes_json(tmp_path):
     assert set(workload["impls"]) == {"stdlib", "xthread"}
     assert workload["impls"]["xthread"]["median"] > 0
     assert workload["ratio"] > 0
+
+
+def test_dramatiq_benchmark_runs_on_redis(tmp_path):
+    """``python -m benchmarks.dramatiq``, one small round: where dramatiq,
+    redis-py and redis-server are there (CI's dramatiq job)."""
+    import shutil
+
+    import pytest
+    pytest.importorskip("dramatiq")
+    pytest.importorskip("redis")
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server")
+    out = tmp_path / "dramatiq.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.dramatiq", "--rounds", "1",
+         "--messages", "100", "--spins", "2", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "throughput ratio" in proc.stdout
+    results = json.loads(out.read_text())
+    for impl in ("stock", "xthread"):
+        figures = results["impls"][impl]
+        assert figures["messages_per_s"] > 0
+        assert len(figures["late_ms"]) == 2      # every limit fired
+    assert results["throughput_ratio"] > 0
