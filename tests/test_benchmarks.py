@@ -45,4 +45,5 @@ def test_dramatiq_benchmark_runs_on_redis(tmp_path):
         figures = results["impls"][impl]
         assert figures["messages_per_s"] > 0
         assert len(figures["late_ms"]) == 2      # every limit fired
+        assert len(figures["all_stuck_late_ms"]) == 2
     assert results["throughput_ratio"] > 0
