@@ -135,6 +135,10 @@ class TaskPool(BasePool):
     def on_apply(self, target, args=None, kwargs=None, callback=None,
                  accept_callback=None, timeout_callback=None,
                  soft_timeout=None, timeout=None, **_):
+        # The task's own limits, else the worker's (--soft-time-limit,
+        # --time-limit), which Celery hands the pool as options.
+        soft_timeout = soft_timeout or self.options.get("soft_timeout")
+        timeout = timeout or self.options.get("timeout")
         job = _Job(self, self._next_id(), timeout_callback, soft_timeout,
                    timeout)
         run_args = (target, args, kwargs, callback, accept_callback)
