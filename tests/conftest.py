@@ -30,3 +30,41 @@ def thread_cls(request):
     """The class under test: the same assertions run against stdlib's
     Thread and xthread's."""
     return request.param
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A redis-server of its own on a free loopback port, no persistence;
+    its URL. Skips where redis-server or redis-py is missing (.ci/run
+    installs both in the job that runs the task-queue tests)."""
+    import shutil
+    import socket
+    import subprocess
+
+    from helpers import JOIN_TIMEOUT, wait_until
+    redis = pytest.importorskip("redis")
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("no redis-server (.ci/run installs Debian's)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+
+    def up():
+        try:
+            return client.ping()
+        except redis.exceptions.ConnectionError:
+            return False
+    try:
+        wait_until("redis-server to answer", up)
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(JOIN_TIMEOUT)

@@ -173,3 +173,12 @@ def start_sleeper(exc_type=ValueError):
     thread.start()
     assert ready.wait(JOIN_TIMEOUT)
     return thread, caught
+
+
+def wait_until(what, check, timeout=JOIN_TIMEOUT):
+    """Polls check() until it is true; fails, naming what, after timeout
+    (for state kept outside this process: a broker's lists)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

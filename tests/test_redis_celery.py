@@ -4,15 +4,12 @@ soft limits, revoke with terminate, a task stuck in a C call, and
 ordinary tasks around them. Skipped, saying why, where Celery, redis-py or
 redis-server is missing.
 """
-import shutil
-import socket
-import subprocess
 import time
 
 import pytest
 
 import xthread
-from helpers import JOIN_TIMEOUT
+from helpers import JOIN_TIMEOUT, wait_until
 
 celery = pytest.importorskip("celery")
 redis = pytest.importorskip("redis")
@@ -21,46 +18,6 @@ from celery.contrib.testing.worker import start_worker  # noqa: E402
 from celery.exceptions import SoftTimeLimitExceeded  # noqa: E402
 
 THREADS = 4
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _until(what, check, timeout=JOIN_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("no redis-server (.ci/run installs Debian's)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-
-    def up():
-        try:
-            return client.ping()
-        except redis.exceptions.ConnectionError:
-            return False
-    try:
-        _until("redis-server to answer", up)
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(JOIN_TIMEOUT)
 
 
 def test_a_celery_worker_stops_tasks_and_keeps_its_slots(redis_url):
@@ -116,17 +73,17 @@ def test_a_celery_worker_stops_tasks_and_keeps_its_slots(redis_url):
         with pytest.raises(Exception) as info:
             result.get(timeout=JOIN_TIMEOUT)
         assert type(info.value).__name__ == "TimeLimitExceeded"
-        _until("the finally", lambda: finished() == ["limited"])
+        wait_until("the finally", lambda: finished() == ["limited"])
         # A soft limit is caught by the task.
         assert soft.delay().get(timeout=JOIN_TIMEOUT) == "caught"
         # revoke(terminate=True) ends a running task.
         waiting = wait_long.delay("revoked")
-        _until("the task to start",
+        wait_until("the task to start",
                lambda: b"revoked" in r.lrange("started", 0, -1))
         app.control.revoke(waiting.id, terminate=True)
-        _until("the revoked task's finally",
+        wait_until("the revoked task's finally",
                lambda: "revoked" in finished())
-        _until("REVOKED", lambda: waiting.state == "REVOKED")
+        wait_until("REVOKED", lambda: waiting.state == "REVOKED")
         # A task in a C call is reported at its hard limit and its slot
         # given to a new thread.
         stuck = in_c_call.delay()
@@ -138,7 +95,7 @@ def test_a_celery_worker_stops_tasks_and_keeps_its_slots(redis_url):
         for res in results:
             with pytest.raises(Exception):
                 res.get(timeout=JOIN_TIMEOUT)
-        _until("every finally", lambda: len(finished()) == 2 + THREADS)
+        wait_until("every finally", lambda: len(finished()) == 2 + THREADS)
         # Ordinary tasks around all that: each runs once.
         n = 100
         for res in [count.delay(i) for i in range(n)]:

@@ -8,16 +8,13 @@ reads what the actors did from Redis lists. Skipped, saying why, where
 installs them in the job that runs dramatiq's tests).
 """
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from helpers import JOIN_TIMEOUT
+from helpers import JOIN_TIMEOUT, wait_until
 
 dramatiq = pytest.importorskip("dramatiq")
 redis = pytest.importorskip("redis")
@@ -63,46 +60,6 @@ def count(i):
 '''
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _until(what, check, timeout=JOIN_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("no redis-server (.ci/run installs Debian's)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-
-    def up():
-        try:
-            return client.ping()
-        except redis.exceptions.ConnectionError:
-            return False
-    try:
-        _until("redis-server to answer", up)
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(JOIN_TIMEOUT)
-
-
 @pytest.fixture
 def app(tmp_path, redis_url, monkeypatch):
     (tmp_path / "xthread_app.py").write_text(APP)
@@ -142,13 +99,13 @@ def test_a_worker_stops_stuck_actors_on_time_and_keeps_every_thread(
 
         def llen(key):
             return r.llen(key)
-        _until("every limited actor's finally",
+        wait_until("every limited actor's finally",
                lambda: llen("finally") == 2 * THREADS)
-        _until("every ordinary message", lambda: llen("counted") == n)
+        wait_until("every ordinary message", lambda: llen("counted") == n)
         # Then all THREADS threads take a stuck actor at once again.
         for i in range(THREADS):
             app.spin.send(f"again-{i}")
-        _until("the second round", lambda: llen("finally") == 3 * THREADS)
+        wait_until("the second round", lambda: llen("finally") == 3 * THREADS)
 
         started = sorted(x.decode() for x in r.lrange("started", 0, -1))
         finished = sorted(x.decode() for x in r.lrange("finally", 0, -1))
