@@ -1,9 +1,14 @@
-"""xthread.contrib.celery's pool in a real Celery worker on a real Redis
-(``celery.contrib.testing.worker.start_worker``, 4 threads): time limits,
-soft limits, revoke with terminate, a task stuck in a C call, and
-ordinary tasks around them. Skipped, saying why, where Celery, redis-py or
-redis-server is missing.
+"""xthread.contrib.celery's pool in a real Celery worker on a real Redis:
+in-process (``celery.contrib.testing.worker.start_worker``, 4 threads)
+for time limits, soft limits, revoke with terminate, a task stuck in a C
+call, and ordinary tasks around them; and as the ``celery worker``
+command, for ``celery inspect stats`` and a warm shutdown on SIGTERM.
+Skipped, saying why, where Celery, redis-py or redis-server is missing.
 """
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -106,3 +111,64 @@ def test_a_celery_worker_stops_tasks_and_keeps_its_slots(redis_url):
         assert info["implementation"] == "xthread.contrib.celery:TaskPool"
         assert info["max-concurrency"] == THREADS
     r.close()
+
+
+CLI_APP = '''
+import os
+import celery
+import xthread
+
+URL = os.environ["XTHREAD_TEST_REDIS"]
+app = celery.Celery("xthread_cli_app", broker=URL, backend=URL)
+app.conf.update(broker_connection_retry_on_startup=True,
+                task_track_started=True)
+
+
+@app.task
+def slow(seconds):
+    xthread.sleep(seconds)
+    return "finished"
+'''
+
+
+def test_a_worker_process_shows_its_pool_and_shuts_down_warm(
+        tmp_path, redis_url):
+    (tmp_path / "xthread_cli_app.py").write_text(CLI_APP)
+    # Celery's command takes a pool of its own list, or "custom", named by
+    # this variable.
+    env = dict(os.environ, XTHREAD_TEST_REDIS=redis_url,
+               CELERY_CUSTOM_WORKER_POOL="xthread.contrib.celery:TaskPool",
+               PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
+    env.pop("PYTHONWARNINGS", None)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "xthread_cli_app", "worker",
+         "-P", "custom", "-c", "4",
+         "--without-gossip", "--without-mingle", "--without-heartbeat",
+         "-n", "xthread-test@%h"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    app = celery.Celery("client", broker=redis_url, backend=redis_url)
+    out = ""
+    try:
+        stats = {}
+
+        def answered():
+            stats.update(app.control.inspect(timeout=0.5).stats() or {})
+            return bool(stats)
+        wait_until("the worker to answer inspect", answered)
+        (pool,) = [s["pool"] for s in stats.values()]
+        assert pool["implementation"] == "xthread.contrib.celery:TaskPool"
+        assert pool["max-concurrency"] == 4
+        result = app.send_task("xthread_cli_app.slow", args=(1.0,))
+        wait_until("the task to start", lambda: result.state == "STARTED")
+        worker.send_signal(signal.SIGTERM)      # warm: the task finishes
+        assert result.get(timeout=JOIN_TIMEOUT) == "finished"
+        out, _ = worker.communicate(timeout=JOIN_TIMEOUT)
+    except BaseException:
+        os.killpg(worker.pid, signal.SIGKILL)
+        out += worker.communicate()[0]
+        print(out[-3000:])
+        raise
+    finally:
+        app.close()
+    assert worker.returncode == 0, out[-3000:]

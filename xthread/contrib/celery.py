@@ -1,7 +1,11 @@
 """A Celery execution pool on xthread's pool: threads whose tasks can be
 stopped.
 
-    celery -A proj worker -P xthread.contrib.celery:TaskPool -c 8
+    app.conf.worker_pool = "xthread.contrib.celery:TaskPool"
+
+or ``CELERY_CUSTOM_WORKER_POOL=xthread.contrib.celery:TaskPool celery -A
+proj worker -P custom`` (the command's ``-P`` takes Celery's own pools and
+``custom`` only).
 
 Celery's own ``threads`` pool ignores time limits and cannot terminate a
 running task. This one, for each task:
