@@ -21,57 +21,21 @@ with the stock middleware or with ``install(broker)``; rounds alternate
 """
 import argparse
 import json
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 
 import dramatiq
-import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimitExceeded
 
 from xthread.contrib.dramatiq import install
 
+from ._redis import RedisServer, quantile
+
 THREADS = 4
 LIMIT_MS = 300
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    def __init__(self, tmpdir):
-        server = shutil.which("redis-server")
-        if server is None:
-            raise SystemExit("needs redis-server on the PATH")
-        port = _free_port()
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc = subprocess.Popen(
-            [server, "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", tmpdir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        client.close()
-
-    def close(self):
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def _round(url, impl, messages, spins):
@@ -132,11 +96,6 @@ def _round(url, impl, messages, spins):
     return rate, late[:alone], late[alone:]
 
 
-def _q(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
 def run(rounds, messages, spins):
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,10 +124,10 @@ def run(rounds, messages, spins):
     for impl in ("stock", "xthread"):
         result["impls"][impl] = {
             "messages_per_s": statistics.median(rates[impl]),
-            "late_p50_ms": _q(late[impl], 0.5) * 1000,
-            "late_p99_ms": _q(late[impl], 0.99) * 1000,
-            "all_stuck_late_p50_ms": _q(late_all[impl], 0.5) * 1000,
-            "all_stuck_late_p99_ms": _q(late_all[impl], 0.99) * 1000,
+            "late_p50_ms": quantile(late[impl], 0.5) * 1000,
+            "late_p99_ms": quantile(late[impl], 0.99) * 1000,
+            "all_stuck_late_p50_ms": quantile(late_all[impl], 0.5) * 1000,
+            "all_stuck_late_p99_ms": quantile(late_all[impl], 0.99) * 1000,
             "rates": rates[impl],
             "late_ms": [x * 1000 for x in late[impl]],
             "all_stuck_late_ms": [x * 1000 for x in late_all[impl]],

@@ -2,7 +2,8 @@
 in-process (``celery.contrib.testing.worker.start_worker``, 4 threads)
 for time limits, soft limits, revoke with terminate, a task stuck in a C
 call, and ordinary tasks around them; and as the ``celery worker``
-command, for ``celery inspect stats`` and a warm shutdown on SIGTERM.
+command, for ``celery inspect stats``, a warm shutdown on SIGTERM and a
+cold one on SIGQUIT.
 Skipped, saying why, where Celery, redis-py or redis-server is missing.
 """
 import os
@@ -116,59 +117,109 @@ def test_a_celery_worker_stops_tasks_and_keeps_its_slots(redis_url):
 CLI_APP = '''
 import os
 import celery
+import redis
 import xthread
 
 URL = os.environ["XTHREAD_TEST_REDIS"]
 app = celery.Celery("xthread_cli_app", broker=URL, backend=URL)
 app.conf.update(broker_connection_retry_on_startup=True,
                 task_track_started=True)
+r = redis.Redis.from_url(URL)
 
 
 @app.task
 def slow(seconds):
     xthread.sleep(seconds)
     return "finished"
+
+
+@app.task
+def hang(tag):
+    r.rpush("started", tag)
+    try:
+        xthread.Event().wait(600)
+    finally:
+        r.rpush("finally", tag)
+    return "finished"
 '''
 
 
-def test_a_worker_process_shows_its_pool_and_shuts_down_warm(
-        tmp_path, redis_url):
-    (tmp_path / "xthread_cli_app.py").write_text(CLI_APP)
-    # Celery's command takes a pool of its own list, or "custom", named by
-    # this variable.
-    env = dict(os.environ, XTHREAD_TEST_REDIS=redis_url,
-               CELERY_CUSTOM_WORKER_POOL="xthread.contrib.celery:TaskPool",
-               PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
-    env.pop("PYTHONWARNINGS", None)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "xthread_cli_app", "worker",
-         "-P", "custom", "-c", "4",
-         "--without-gossip", "--without-mingle", "--without-heartbeat",
-         "-n", "xthread-test@%h"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    app = celery.Celery("client", broker=redis_url, backend=redis_url)
-    out = ""
-    try:
+class CeleryWorker:
+    """The ``celery worker`` command, 4 threads of xthread's pool, on the
+    app above; ``stop()`` kills it if it is still there."""
+
+    def __init__(self, tmp_path, redis_url):
+        (tmp_path / "xthread_cli_app.py").write_text(CLI_APP)
+        # Celery's command takes a pool of its own list, or "custom",
+        # named by this variable.
+        env = dict(os.environ, XTHREAD_TEST_REDIS=redis_url,
+                   CELERY_CUSTOM_WORKER_POOL="xthread.contrib.celery:TaskPool",
+                   PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
+        env.pop("PYTHONWARNINGS", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "xthread_cli_app",
+             "worker", "-P", "custom", "-c", "4",
+             "--without-gossip", "--without-mingle", "--without-heartbeat",
+             "-n", "xthread-test@%h"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.app = celery.Celery("client", broker=redis_url,
+                                 backend=redis_url)
+        self.out = ""
+
+    def stats(self):
+        """The worker's ``inspect stats``, once it answers."""
         stats = {}
 
         def answered():
-            stats.update(app.control.inspect(timeout=0.5).stats() or {})
+            stats.update(self.app.control.inspect(timeout=0.5).stats() or {})
             return bool(stats)
         wait_until("the worker to answer inspect", answered)
-        (pool,) = [s["pool"] for s in stats.values()]
-        assert pool["implementation"] == "xthread.contrib.celery:TaskPool"
-        assert pool["max-concurrency"] == 4
-        result = app.send_task("xthread_cli_app.slow", args=(1.0,))
-        wait_until("the task to start", lambda: result.state == "STARTED")
-        worker.send_signal(signal.SIGTERM)      # warm: the task finishes
-        assert result.get(timeout=JOIN_TIMEOUT) == "finished"
-        out, _ = worker.communicate(timeout=JOIN_TIMEOUT)
-    except BaseException:
-        os.killpg(worker.pid, signal.SIGKILL)
-        out += worker.communicate()[0]
-        print(out[-3000:])
-        raise
-    finally:
-        app.close()
-    assert worker.returncode == 0, out[-3000:]
+        (answer,) = stats.values()
+        return answer
+
+    def signal_and_wait(self, signum):
+        self.proc.send_signal(signum)
+        self.out, _ = self.proc.communicate(timeout=JOIN_TIMEOUT)
+        return self.proc.returncode
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.out += self.proc.communicate()[0]
+        self.app.close()
+
+
+@pytest.fixture
+def cli_worker(tmp_path, redis_url):
+    worker = CeleryWorker(tmp_path, redis_url)
+    yield worker
+    worker.stop()
+
+
+def test_a_worker_process_shows_its_pool_and_shuts_down_warm(cli_worker):
+    pool = cli_worker.stats()["pool"]
+    assert pool["implementation"] == "xthread.contrib.celery:TaskPool"
+    assert pool["max-concurrency"] == 4
+    result = cli_worker.app.send_task("xthread_cli_app.slow", args=(1.0,))
+    wait_until("the task to start", lambda: result.state == "STARTED")
+    # Warm shutdown: the running task finishes.
+    assert cli_worker.signal_and_wait(signal.SIGTERM) == 0, \
+        cli_worker.out[-3000:]
+    assert result.get(timeout=JOIN_TIMEOUT) == "finished"
+
+
+def test_a_cold_shutdown_stops_the_running_tasks(cli_worker, redis_url):
+    r = redis.Redis.from_url(redis_url)
+    cli_worker.stats()
+    results = [cli_worker.app.send_task("xthread_cli_app.hang", args=(tag,))
+               for tag in ("a", "b")]
+    wait_until("both tasks to start", lambda: r.llen("started") == 2)
+    # Cold shutdown (SIGQUIT): Celery cancels the running tasks through the
+    # pool (terminate_job), which stops them where they wait for ten
+    # minutes; their finally blocks run and the worker exits.
+    cli_worker.signal_and_wait(signal.SIGQUIT)
+    assert sorted(r.lrange("finally", 0, -1)) == [b"a", b"b"], \
+        cli_worker.out[-3000:]
+    assert not any(res.state == "SUCCESS" for res in results)
+    r.close()
