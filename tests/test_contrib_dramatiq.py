@@ -134,7 +134,6 @@ def test_a_limit_reaches_only_its_own_message(broker, worker):
         unlimited.send(i)
     broker.join(close_call.queue_name, fail_fast=False,
                 timeout=JOIN_TIMEOUT * 1000)
-    worker.join()
     finished = [i for i in done if not isinstance(i, tuple)]
     assert sorted(finished + failed_inside) == list(range(n))
     assert sorted(i for tag, i in (d for d in done if isinstance(d, tuple))) \
@@ -170,3 +169,62 @@ def test_shutdown_reaches_actors_that_asked(broker):
     assert started.wait(JOIN_TIMEOUT)
     worker.stop()
     assert told == [True]
+
+
+def test_a_call_no_exception_reaches_is_written_off_and_replaced(
+        broker, worker, caplog):
+    limiter = next(m for m in broker.middleware
+                   if isinstance(m, xdramatiq.TimeLimit))
+    limiter.grace = 100
+    held = threading.Lock()     # stdlib's: its acquire is one C call
+    held.acquire()
+    started, ended = threading.Event(), threading.Event()
+    where = []
+
+    @dramatiq.actor(max_retries=0, time_limit=100, queue_name="stuck")
+    def stuck():
+        where.append(threading.current_thread())
+        started.set()
+        try:
+            held.acquire()      # the stuck line
+            held.release()
+        finally:
+            ended.set()
+
+    barrier = threading.Barrier(4, timeout=JOIN_TIMEOUT)
+
+    @dramatiq.actor(max_retries=0)
+    def together():
+        barrier.wait()
+
+    with caplog.at_level("WARNING"):
+        stuck.send()
+        assert started.wait(JOIN_TIMEOUT)
+        (thread,) = where
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while thread in worker.workers:
+            assert time.monotonic() < deadline, "never written off"
+            time.sleep(0.01)
+    (record,) = [r for r in caplog.records
+                 if "written off" in r.getMessage()]
+    assert "inside a C call" in record.getMessage()
+    # The stack from the actor's own frames on.
+    assert record.getMessage().rstrip().endswith(
+        "held.acquire()      # the stuck line")
+    assert "in process_message" not in record.getMessage()
+    # The worker has its 4 threads again, and all 4 take a message at once
+    # (the barrier breaks, failing the messages, if one is missing).
+    assert len(worker.workers) == 4
+    for _ in range(4):
+        together.send()
+    broker.join(together.queue_name, fail_fast=True,
+                timeout=JOIN_TIMEOUT * 1000)
+    assert not barrier.broken
+    # When its call returns, the written-off thread ends: the limit's
+    # exception lands there (the message fails) and its loop stops.
+    assert thread.is_alive() and not ended.is_set()
+    held.release()
+    assert ended.wait(JOIN_TIMEOUT)
+    thread.join(JOIN_TIMEOUT)
+    assert not thread.is_alive()
+    assert len(worker.workers) == 4

@@ -23,16 +23,20 @@ THREADS = 4
 
 APP = '''
 import os
+import time
 import dramatiq
 import redis
 import xthread
 from dramatiq.brokers.redis import RedisBroker
-from xthread.contrib.dramatiq import install
+from xthread.contrib.dramatiq import TimeLimit, install
 
 URL = os.environ["XTHREAD_TEST_REDIS"]
 r = redis.Redis.from_url(URL)
 broker = install(RedisBroker(url=URL))
 dramatiq.set_broker(broker)
+for middleware in broker.middleware:
+    if isinstance(middleware, TimeLimit):
+        middleware.grace = 200      # ms before a stuck call is written off
 
 
 @dramatiq.actor(max_retries=0, time_limit=300)
@@ -52,6 +56,28 @@ def wait(tag):
         xthread.Event().wait(60)
     finally:
         r.rpush("finally", tag)
+
+
+@dramatiq.actor(max_retries=0, time_limit=300)
+def in_c_call(tag):
+    import threading
+    held = threading.Lock()
+    held.acquire()
+    r.rpush("started", tag)
+    try:
+        held.acquire(timeout=3)     # one C call: no exception reaches it
+    finally:
+        r.rpush("finally", tag)
+
+
+@dramatiq.actor(max_retries=0)
+def gather(tag):
+    # Waits (bounded) until every thread holds a gather at once.
+    r.rpush("gathered", tag)
+    deadline = time.monotonic() + 20
+    while r.llen("gathered") < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r.rpush("together" if r.llen("gathered") >= 4 else "alone", tag)
 
 
 @dramatiq.actor(max_retries=0)
@@ -106,11 +132,21 @@ def test_a_worker_stops_stuck_actors_on_time_and_keeps_every_thread(
         for i in range(THREADS):
             app.spin.send(f"again-{i}")
         wait_until("the second round", lambda: llen("finally") == 3 * THREADS)
+        # An actor in a C call that no exception reaches: its thread is
+        # written off and replaced, so that THREADS messages still run at
+        # once beside it; when the call returns its finally runs.
+        app.in_c_call.send("c-call")
+        for i in range(THREADS):
+            app.gather.send(f"gather-{i}")
+        wait_until("the gathering", lambda: llen("together") == THREADS)
+        assert llen("alone") == 0
+        wait_until("the C call's finally",
+                   lambda: llen("finally") == 3 * THREADS + 1)
 
         started = sorted(x.decode() for x in r.lrange("started", 0, -1))
         finished = sorted(x.decode() for x in r.lrange("finally", 0, -1))
         assert started == finished       # each finally ran, once
-        assert len(set(started)) == 3 * THREADS
+        assert len(set(started)) == 3 * THREADS + 1
         counted = sorted(int(x) for x in r.lrange("counted", 0, -1))
         assert counted == list(range(n))     # each exactly once
     finally:
@@ -124,3 +160,4 @@ def test_a_worker_stops_stuck_actors_on_time_and_keeps_every_thread(
         r.close()
     assert worker.returncode == 0, out[-3000:]
     assert out.count("TimeLimitExceeded") >= 3 * THREADS, out[-3000:]
+    assert "is written off and replaced" in out, out[-3000:]

@@ -18,7 +18,10 @@ milliseconds, ``notify_shutdown``) and the same exceptions
 
 What it cannot stop is what xthread cannot stop: a thread inside a C call
 gets the exception when the call returns (``time.sleep`` included before
-CPython 3.15).
+CPython 3.15). A call still running *grace* milliseconds after its limit
+fired is reported with its stack, and its worker thread is written off:
+a new one takes its place, so that the worker keeps its ``--threads``
+running, and the old one ends when the call returns.
 
 To switch a broker over, call :func:`install` on it, or build its
 middleware list with these classes instead of dramatiq's.
@@ -26,13 +29,17 @@ middleware list with these classes instead of dramatiq's.
 import functools
 import threading
 import time
+import weakref
 
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware
 from dramatiq.middleware.shutdown import Shutdown
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
+import _xthread
+
 import xthread
+from xthread import _stop
 
 __all__ = ["TimeLimit", "ShutdownNotifications", "install",
            "TimeLimitExceeded", "Shutdown"]
@@ -78,6 +85,7 @@ def _limited(limiter, deadline, fn, args, kwargs):
     if deadline is None:
         return fn(*args, **kwargs)
     exc = TimeLimitExceeded()
+    call = limiter._watch(deadline)
     try:
         with xthread.time_limit(max(deadline - time.monotonic(), _MIN_S),
                                 exception=exc):
@@ -90,6 +98,20 @@ def _limited(limiter, deadline, fn, args, kwargs):
         raise
     finally:
         exc = None      # the exception's traceback holds this frame
+        limiter._ended(call)
+
+
+class _Call:
+    """One limited actor call, for the check at its deadline plus the
+    grace: whether it ended, or was written off, decided under the lock."""
+
+    __slots__ = ("thread", "lock", "item", "ended", "written_off")
+
+    def __init__(self):
+        self.thread = threading.current_thread()
+        self.lock = threading.Lock()
+        self.item = None
+        self.ended = self.written_off = False
 
 
 class TimeLimit(Middleware):
@@ -98,12 +120,26 @@ class TimeLimit(Middleware):
     ``time_limit`` actor and message option overrides it;
     ``float("inf")``: none) ends the actor's call with
     ``TimeLimitExceeded``. *interval* is accepted for compatibility and
-    not used: each limit fires at its own deadline."""
+    not used: each limit fires at its own deadline.
 
-    def __init__(self, *, time_limit=600000, interval=1000):
+    *grace* (milliseconds): a call still running this long after its
+    limit fired sits where no exception reaches it (a C call); it is
+    logged with its stack and its worker thread written off: the worker
+    starts a new one in its place, and the old one ends when the call
+    returns."""
+
+    def __init__(self, *, time_limit=600000, interval=1000, grace=1000):
         self.logger = get_logger(__name__, type(self))
         self.time_limit = time_limit
         self.interval = interval
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) \
+                or not grace >= 0:
+            raise ValueError("grace must be a number of milliseconds, at "
+                             "least 0, not %r" % (grace,))
+        self.grace = grace
+        # The workers booted with this middleware: where a written-off
+        # thread's replacement comes from.
+        self._workers = weakref.WeakSet()
 
     @property
     def actor_options(self):
@@ -128,6 +164,60 @@ class TimeLimit(Middleware):
         _plan.deadline = _plan.limiter = None
 
     after_skip_message = after_process_message
+
+    def before_worker_boot(self, broker, worker):
+        self._workers.add(worker)
+
+    def after_worker_shutdown(self, broker, worker):
+        self._workers.discard(worker)
+
+    def _watch(self, deadline):
+        call = _Call()
+        call.item = _stop._watchdog.add(
+            max(deadline - time.monotonic(), 0.0) + self.grace / 1000,
+            None, functools.partial(self._write_off, call))
+        return call
+
+    def _ended(self, call):
+        with xthread.shield(), call.lock:
+            call.ended = True
+            if not call.written_off:
+                _stop._watchdog.cancel(call.item)
+
+    def _write_off(self, call):
+        # In xthread's watchdog thread: the call outlived its limit by the
+        # grace.
+        with call.lock:
+            if call.ended:
+                return
+            call.written_off = True
+            thread = call.thread
+            stack, in_c_call = _stop._stuck_report(
+                thread.ident, _xthread._find_record(thread.ident))
+            if stack:
+                # From the actor's own frames on: the worker's machinery
+                # above them says nothing about where it is stuck.
+                own = [i for i, entry in enumerate(stack)
+                       if ", in _limited\n" in entry]
+                if own:
+                    stack = stack[own[-1] + 1:]
+            worker = next((w for w in list(self._workers)
+                           if thread in w.workers), None)
+            replaced = worker is not None and thread.running
+            self.logger.warning(
+                "Time limit exceeded %.0f ms ago and the actor has not "
+                "stopped: worker thread %r is %s.%s%s", self.grace,
+                thread.ident,
+                "inside a C call" if in_c_call else "running Python code",
+                " It is written off and replaced; it ends when the call "
+                "returns." if replaced else "",
+                "\n" + "".join(stack).rstrip() if stack else "")
+            if replaced:
+                # Its loop ends after this message; the worker stops
+                # counting (and waiting for) it; a new thread takes over.
+                thread.stop()
+                worker.workers.remove(thread)
+                worker._add_worker()
 
 
 class ShutdownNotifications(Middleware):
