@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -60,8 +61,21 @@ def test_a_celery_worker_stops_tasks_and_keeps_its_slots(redis_url):
 
     @app.task(time_limit=0.3)
     def in_c_call():
-        time.sleep(1.5)     # before 3.15 no exception reaches it
-        return "woke"
+        held = threading.Lock()
+        held.acquire()
+        try:
+            held.acquire(timeout=5)     # one C call: no exception reaches it
+        finally:
+            r.rpush("finally", "c-call")
+
+    @app.task
+    def gather(tag):
+        # Waits (bounded) until every thread holds a gather at once.
+        r.rpush("gathered", tag)
+        deadline = time.monotonic() + 20
+        while r.llen("gathered") < THREADS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return r.llen("gathered") >= THREADS
 
     @app.task
     def count(i):
@@ -91,17 +105,21 @@ def test_a_celery_worker_stops_tasks_and_keeps_its_slots(redis_url):
                lambda: "revoked" in finished())
         wait_until("REVOKED", lambda: waiting.state == "REVOKED")
         # A task in a C call is reported at its hard limit and its slot
-        # given to a new thread.
+        # given to a new thread: THREADS tasks still run at once beside it.
         stuck = in_c_call.delay()
         with pytest.raises(Exception) as info:
             stuck.get(timeout=JOIN_TIMEOUT)
         assert type(info.value).__name__ == "TimeLimitExceeded"
+        gathered = [gather.delay(i) for i in range(THREADS)]
+        assert [g.get(timeout=JOIN_TIMEOUT) for g in gathered] \
+            == [True] * THREADS
+        wait_until("the C call's finally", lambda: "c-call" in finished())
         # Every slot takes a stuck task at once, and each is stopped.
         results = [spin.delay(f"all-{i}") for i in range(THREADS)]
         for res in results:
             with pytest.raises(Exception):
                 res.get(timeout=JOIN_TIMEOUT)
-        wait_until("every finally", lambda: len(finished()) == 2 + THREADS)
+        wait_until("every finally", lambda: len(finished()) == 3 + THREADS)
         # Ordinary tasks around all that: each runs once.
         n = 100
         for res in [count.delay(i) for i in range(n)]:
