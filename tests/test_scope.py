@@ -1,6 +1,7 @@
 """The public scope API for libraries built on xthread: ``xthread.Scope``
 and ``time_limit(seconds, exception=...)``."""
 import threading
+import time
 
 import pytest
 
@@ -178,6 +179,66 @@ def test_one_scope_one_block_at_a_time():
     assert not scope.active
     with scope:             # reusable once closed
         assert scope.active
+
+
+def test_two_threads_entering_one_scope_never_both_get_in():
+    scope = xthread.Scope()
+    rounds = 300
+    ready = [[False] * rounds, [False] * rounds]
+    tried = threading.Barrier(2, timeout=JOIN_TIMEOUT)
+    inside = []
+    refused = []
+
+    def enter(n):
+        for r in range(rounds):
+            # Both set off together: a blocking barrier would wake the
+            # second one long after the first got in. (A bounded spin;
+            # with the GIL, the spinner gives way at its switch interval.)
+            ready[n][r] = True
+            deadline = time.monotonic() + JOIN_TIMEOUT
+            while not ready[1 - n][r] and time.monotonic() < deadline:
+                pass
+            try:
+                with scope:
+                    inside.append(r)
+                    # Stay open until the other one has tried.
+                    tried.wait()
+            except RuntimeError:
+                refused.append(r)
+                tried.wait()
+
+    threads = [xthread.Thread(target=enter, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        join_or_fail(t)
+    # Every round: exactly one got in, the other was refused.
+    assert sorted(inside) == list(range(rounds))
+    assert sorted(refused) == list(range(rounds))
+    assert not scope.active
+
+
+def test_an_entry_that_fails_after_claiming_gives_the_scope_back():
+    """An exception after _scope_entered did its work (here its own; an
+    outer limit's could land there too) leaves the Scope closed and free
+    to enter again, and the error reaches the caller unchanged."""
+    class Failing(xthread.Scope):
+        fail = True
+
+        def _scope_entered(self, scope):
+            super()._scope_entered(scope)
+            if self.fail:
+                raise KeyError("after the claim")
+
+    scope = Failing()
+    with pytest.raises(KeyError, match="after the claim"):
+        with scope:
+            pass
+    assert not scope.active
+    scope.fail = False
+    with scope:
+        assert scope.active
+    assert not scope.active
 
 
 def test_raise_exc_bad_input():

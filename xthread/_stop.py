@@ -498,7 +498,9 @@ class time_limit(_xthread.Scoped):
                                              exception=self.exception)
 
     def _scope_exited(self, scope):
-        _watchdog.cancel(self._entries.pop(scope))
+        item = self._entries.pop(scope, None)
+        if item is not None:        # None: the entry failed before adding
+            _watchdog.cancel(item)
 
     def __call__(self, func):
         import functools
@@ -515,6 +517,10 @@ class time_limit(_xthread.Scoped):
             return "time_limit(%r)" % (self.seconds,)
         return "time_limit(%r, exception=%r)" % (self.seconds,
                                                  self.exception)
+
+
+# Scope -> the token of its open block: who holds each open Scope.
+_scope_claims = {}
 
 
 class Scope(_xthread.Scoped):
@@ -547,17 +553,21 @@ class Scope(_xthread.Scoped):
         self._open = None
 
     def _scope_entered(self, scope):
-        if self._open is not None:
+        opened = (_get_ident(), _xthread._record().generation, scope)
+        # The claim decides between two threads entering at once (one
+        # dict operation: atomic with the GIL or without it). If anything
+        # lands after it, C calls _scope_exited, which gives it back.
+        if _scope_claims.setdefault(self, scope) != scope:
             raise RuntimeError("this Scope is open already; make a new "
                                "Scope for each block")
-        ident = _get_ident()
-        self._ident = ident
-        self._open = (ident, _xthread._record().generation, scope)
+        self._ident = opened[0]
+        self._open = opened
 
     def _scope_exited(self, scope):
-        is_open = self._open
-        if is_open is not None and is_open[2] == scope:
+        if _scope_claims.get(self) == scope:
+            # Only the block that holds the claim ends it.
             self._open = None
+            del _scope_claims[self]
 
     @property
     def active(self):

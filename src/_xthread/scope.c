@@ -206,8 +206,10 @@ xthread_call_unshielded(PyObject *module, PyObject *func)
  * any Python code runs, then calls _scope_exited(token). So an exception
  * sent for the block can land only inside it: once __exit__ is called,
  * the interpreter reaches no bytecode boundary before the scope is
- * closed and what is pending for it withdrawn. Reentrant: a stack of
- * tokens per object. */
+ * closed and what is pending for it withdrawn. If _scope_entered fails,
+ * _scope_exited(token) is called all the same (with the failure kept), so
+ * the hooks may undo part of an entry. Reentrant: a stack of tokens per
+ * object. */
 typedef struct {
     PyObject_HEAD
 } scopedobject;
@@ -234,12 +236,28 @@ scoped_enter(scopedobject *self, PyObject *Py_UNUSED(ignored))
     PyObject *token = PyLong_FromUnsignedLongLong(scope);
     PyObject *res = token == NULL ? NULL : PyObject_CallMethodOneArg(
         (PyObject *)self, state->str_entered, token);
-    Py_XDECREF(token);
     if (res == NULL) {
-        /* The block will not run: close the scope again. */
+        /* The block will not run: close the scope again, and let the hooks
+         * undo what _scope_entered did before it failed (an exception for
+         * an outer scope may land in it after its work is done). */
         record_scope_close(rec, scope);
+        if (token != NULL) {
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyObject *undo = PyObject_CallMethodOneArg(
+                (PyObject *)self, state->str_exited, token);
+            if (undo == NULL) {
+                XTHREAD_WRITE_UNRAISABLE(
+                    "while undoing a scope's entry",
+                    (PyObject *)self);
+            }
+            Py_XDECREF(undo);
+            PyErr_Restore(type, value, tb);
+        }
+        Py_XDECREF(token);
         return NULL;
     }
+    Py_XDECREF(token);
     Py_DECREF(res);
     return Py_NewRef((PyObject *)self);
 }
