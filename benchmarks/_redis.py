@@ -1,5 +1,7 @@
 """What the task-queue benchmarks share: a throwaway redis-server on a
-free loopback port, and a quantile."""
+free loopback port, a quantile, and the closing lines of a run."""
+import argparse
+import json
 import shutil
 import socket
 import subprocess
@@ -51,3 +53,30 @@ def quantile(values, q):
         return None
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def finish(result, p99_ms, json_path):
+    """Prints how the run met the two targets (throughput ratio at least
+    0.97, xthread's p99 lateness with one task stuck under 10 ms), and
+    writes *result* to *json_path* if given."""
+    ratio = result["throughput_ratio"]
+    print(f"  throughput ratio {ratio:.3f} (target >= 0.97: "
+          f"{'met' if ratio >= 0.97 else 'missed'}); xthread p99 late, one "
+          f"stuck, {p99_ms:.1f} ms (target < 10: "
+          f"{'met' if p99_ms < 10 else 'missed'})")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+def parse_args(prog, limited, argv):
+    """The options both task-queue benchmarks take; *limited* names what
+    runs under a limit (tasks, actors)."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--spins", type=int, default=8,
+                        help=f"limited {limited} of each kind per round "
+                             f"(default 8)")
+    parser.add_argument("--json", help="write the results here")
+    return parser.parse_args(argv)

@@ -21,8 +21,6 @@ start_worker``, 4 threads) with one pool or the other; rounds alternate
   (celery#9203): its tasks give up on their own 200 ms after the limit,
   and are counted as not stopped.
 """
-import argparse
-import json
 import statistics
 import sys
 import threading
@@ -32,7 +30,7 @@ import celery
 from celery.contrib.testing.worker import start_worker
 from celery.exceptions import SoftTimeLimitExceeded
 
-from ._redis import RedisServer, quantile
+from ._redis import RedisServer, finish, parse_args, quantile
 
 THREADS = 4
 LIMIT = 0.3
@@ -180,14 +178,7 @@ def _show(late):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.celery")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--spins", type=int, default=8,
-                        help="limited tasks of each kind per round "
-                             "(default 8)")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
+    args = parse_args("python -m benchmarks.celery", "tasks", argv)
     result = run(args.rounds, args.messages, args.spins)
     print(f"Celery {result['celery']} on Redis, Python {result['python']},"
           f" {THREADS} threads, {args.rounds} rounds; a {LIMIT * 1000:.0f}"
@@ -198,15 +189,8 @@ def main(argv=None):
         print(f"           hard, one stuck: {_show(figures['hard_late'])}")
         print(f"           hard, all {THREADS} stuck: "
               f"{_show(figures['all_stuck_hard_late'])}")
-    ratio = result["throughput_ratio"]
-    p99 = result["impls"]["xthread"]["hard_late"]["p99_ms"]
-    print(f"  throughput ratio {ratio:.3f} (target >= 0.97: "
-          f"{'met' if ratio >= 0.97 else 'missed'}); xthread p99 late, one "
-          f"stuck, {p99:.1f} ms (target < 10: "
-          f"{'met' if p99 < 10 else 'missed'})")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    finish(result, result["impls"]["xthread"]["hard_late"]["p99_ms"],
+           args.json)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ with the stock middleware or with ``install(broker)``; rounds alternate
   from spinner to spinner, a switch interval each, before the target
   gets it). Stock's limit thread polls once a second.
 """
-import argparse
-import json
 import statistics
 import sys
 import threading
@@ -32,7 +30,7 @@ from dramatiq.middleware import TimeLimitExceeded
 
 from xthread.contrib.dramatiq import install
 
-from ._redis import RedisServer, quantile
+from ._redis import RedisServer, finish, parse_args, quantile
 
 THREADS = 4
 LIMIT_MS = 300
@@ -139,13 +137,7 @@ def run(rounds, messages, spins):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.dramatiq")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--spins", type=int, default=8,
-                        help="limited actors per round (default 8)")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
+    args = parse_args("python -m benchmarks.dramatiq", "actors", argv)
     result = run(args.rounds, args.messages, args.spins)
     print(f"dramatiq {result['dramatiq']} on Redis, Python "
           f"{result['python']}, {THREADS} worker threads, "
@@ -158,15 +150,7 @@ def main(argv=None):
               f" ms, all {THREADS} stuck "
               f"{figures['all_stuck_late_p50_ms']:6.1f}/"
               f"{figures['all_stuck_late_p99_ms']:6.1f} ms")
-    ratio = result["throughput_ratio"]
-    p99 = result["impls"]["xthread"]["late_p99_ms"]
-    print(f"  throughput ratio {ratio:.3f} (target >= 0.97: "
-          f"{'met' if ratio >= 0.97 else 'missed'}); xthread p99 late, one "
-          f"stuck, {p99:.1f} ms (target < 10: "
-          f"{'met' if p99 < 10 else 'missed'})")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    finish(result, result["impls"]["xthread"]["late_p99_ms"], args.json)
 
 
 if __name__ == "__main__":

@@ -26,48 +26,43 @@ def test_benchmark_runs_and_writes_json(tmp_path):
     assert workload["ratio"] > 0
 
 
-def test_dramatiq_benchmark_runs_on_redis(tmp_path):
-    """``python -m benchmarks.dramatiq``, one small round: where dramatiq,
-    redis-py and redis-server are there (CI's dramatiq job)."""
-    pytest.importorskip("dramatiq")
+def _task_queue_benchmark(tmp_path, queue):
+    """Runs ``python -m benchmarks.<queue>`` for one small round where the
+    task queue, redis-py and redis-server are there (CI's cpython-3.12
+    job); returns its JSON figures."""
+    pytest.importorskip(queue)
     pytest.importorskip("redis")
     if shutil.which("redis-server") is None:
         pytest.skip("no redis-server")
-    out = tmp_path / "dramatiq.json"
+    out = tmp_path / f"{queue}.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.dramatiq", "--rounds", "1",
+        [sys.executable, "-m", f"benchmarks.{queue}", "--rounds", "1",
          "--messages", "100", "--spins", "2", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "throughput ratio" in proc.stdout
     results = json.loads(out.read_text())
+    assert results["throughput_ratio"] > 0
+    return results
+
+
+def test_dramatiq_benchmark_runs_on_redis(tmp_path):
+    """``python -m benchmarks.dramatiq``: every limit fires with both."""
+    results = _task_queue_benchmark(tmp_path, "dramatiq")
     for impl in ("stock", "xthread"):
         figures = results["impls"][impl]
         assert figures["messages_per_s"] > 0
         assert len(figures["late_ms"]) == 2      # every limit fired
         assert len(figures["all_stuck_late_ms"]) == 2
-    assert results["throughput_ratio"] > 0
 
 
 def test_celery_benchmark_runs_on_redis(tmp_path):
-    """``python -m benchmarks.celery``, one small round: Celery's own
-    thread pool never enforces the limits, xthread's always does."""
-    pytest.importorskip("celery")
-    pytest.importorskip("redis")
-    if shutil.which("redis-server") is None:
-        pytest.skip("no redis-server")
-    out = tmp_path / "celery.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.celery", "--rounds", "1",
-         "--messages", "100", "--spins", "2", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "throughput ratio" in proc.stdout
-    results = json.loads(out.read_text())
+    """``python -m benchmarks.celery``: Celery's own thread pool never
+    enforces the limits, xthread's always does."""
+    results = _task_queue_benchmark(tmp_path, "celery")
     for kind in ("soft_late", "hard_late", "all_stuck_hard_late"):
         stock = results["impls"]["stock"][kind]
         ours = results["impls"]["xthread"][kind]
         assert (stock["not_stopped"], stock["of"]) == (2, 2)
         assert (ours["not_stopped"], ours["of"]) == (0, 2)
         assert ours["p99_ms"] is not None
-    assert results["throughput_ratio"] > 0

@@ -15,7 +15,6 @@ import collections as _collections
 import concurrent.futures as _futures
 import concurrent.futures.thread as _cft
 import contextvars as _contextvars
-import functools as _functools
 import itertools as _itertools
 import logging as _logging
 import os as _os
