@@ -443,6 +443,24 @@ print("exiting", flush=True)
     assert proc.stdout == "exiting\n"
 
 
+@pytest.mark.parametrize("first", ["concurrent.futures.thread", "xthread"])
+def test_exit_ends_idle_workers_whatever_was_imported_first(first):
+    # Exit hooks run in reverse order of registration: with stdlib's pool
+    # module imported before xthread, its wake-up of idle workers would
+    # run after xthread's wait for them, and exit would hang.
+    code = f"""
+import {first}
+import concurrent.futures.thread, xthread
+p = xthread.ThreadPoolExecutor(2)
+assert p.submit(len, ()).result(30) == 0
+print("exiting", flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=SCRIPT_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "exiting\n"
+
+
 # to_thread
 
 

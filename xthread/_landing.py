@@ -55,8 +55,14 @@ def not_here(*functions):
 
 
 def _mark_own():
-    from . import _sync, _thread
+    from . import _pool, _stop, _sync, _thread
     not_here(*_sync._NOT_HERE)
+    # The hooks that Scoped's C __enter__/__exit__ call: what they record
+    # (a watchdog entry, a Scope's claim, a task's scope) must not be
+    # split from the scope they were called for; an exception lands in
+    # the caller's block once they return.
+    for cls in (_stop.time_limit, _stop.Scope, _pool._Task):
+        not_here(cls._scope_entered, cls._scope_exited)
     # xthread's registry of started threads: its weakref callback runs
     # in whatever thread drops the last reference to a Thread.
     not_here(_thread._started_threads._remove)

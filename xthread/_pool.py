@@ -27,7 +27,7 @@ from concurrent.futures import _base
 
 import _xthread
 
-from . import _stop, _thread
+from . import _compat, _stop, _thread
 from ._stop import TimeLimitExceeded
 from ._sync import Event as _Event
 
@@ -35,6 +35,21 @@ __all__ = ["ThreadPoolExecutor", "TaskCancelled", "StuckTask", "PoolHealth",
            "to_thread"]
 
 _LOGGER = _logging.getLogger("xthread")
+
+
+def _wake_workers_at_exit():
+    # Idle workers wait on their queues, and interpreter exit waits for
+    # xthread's non-daemon threads (xthread._thread's hook): they must be
+    # told to end first. stdlib's own hook (_python_exit) does that, but
+    # exit hooks run in reverse order of registration, and it was
+    # registered first if concurrent.futures.thread was imported before
+    # xthread. Registered here, after xthread._thread's (imported above),
+    # this one runs before that wait whatever the import order. (stdlib's
+    # then runs again later: more None items and joins, harmless.)
+    _cft._python_exit()
+
+
+_compat.register_atexit(_wake_workers_at_exit)
 
 # The first line of a format_stack entry for a frame of xthread's thread or
 # pool machinery.
