@@ -85,8 +85,11 @@ def _limited(limiter, deadline, fn, args, kwargs):
     if deadline is None:
         return fn(*args, **kwargs)
     exc = TimeLimitExceeded()
-    call = limiter._watch(deadline)
+    call = _Call()
     try:
+        # Inside the try: a stop landing once the watch is set still
+        # cancels it, so it never writes off a thread that goes on.
+        limiter._watch(call, deadline)
         with xthread.time_limit(max(deadline - time.monotonic(), _MIN_S),
                                 exception=exc):
             return fn(*args, **kwargs)
@@ -140,6 +143,11 @@ class TimeLimit(Middleware):
         # The workers booted with this middleware: where a written-off
         # thread's replacement comes from.
         self._workers = weakref.WeakSet()
+        # Worker thread -> the limited call it runs now. A write-off acts
+        # only on that call: if a stop landed before a call's _ended ran
+        # (Shutdown, in the finally), its watch finds a later call, or a
+        # thread that has ended, and does nothing.
+        self._running = weakref.WeakKeyDictionary()
 
     @property
     def actor_options(self):
@@ -171,24 +179,28 @@ class TimeLimit(Middleware):
     def after_worker_shutdown(self, broker, worker):
         self._workers.discard(worker)
 
-    def _watch(self, deadline):
-        call = _Call()
-        call.item = _stop._watchdog.add(
-            max(deadline - time.monotonic(), 0.0) + self.grace / 1000,
-            None, functools.partial(self._write_off, call))
-        return call
+    def _watch(self, call, deadline):
+        # Shielded: a stop sent meanwhile lands after call.item is set.
+        with xthread.shield():
+            self._running[call.thread] = call
+            call.item = _stop._watchdog.add(
+                max(deadline - time.monotonic(), 0.0) + self.grace / 1000,
+                None, functools.partial(self._write_off, call))
 
     def _ended(self, call):
         with xthread.shield(), call.lock:
             call.ended = True
-            if not call.written_off:
+            if self._running.get(call.thread) is call:
+                del self._running[call.thread]
+            if call.item is not None and not call.written_off:
                 _stop._watchdog.cancel(call.item)
 
     def _write_off(self, call):
         # In xthread's watchdog thread: the call outlived its limit by the
         # grace.
         with call.lock:
-            if call.ended:
+            if (call.ended or self._running.get(call.thread) is not call
+                    or not call.thread.is_alive()):
                 return
             call.written_off = True
             thread = call.thread
