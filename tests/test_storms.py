@@ -70,17 +70,32 @@ class Storm:
             frame = frame.f_back
         return where
 
-    def run(self, seconds=STORM_S):
-        for t in self.threads:
-            t.start()
-        rng = random.Random(1)
+    def _send(self, seed, deadline, counts):
+        rng = random.Random(seed)
         sent = 0
-        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             rng.choice(self.threads).raise_exc(Stop)
             sent += 1
             if rng.random() < 0.5:
                 time.sleep(rng.random() * 0.001)
+        counts.append(sent)
+
+    def run(self, seconds=STORM_S, senders=1):
+        """Sends from this thread and `senders - 1` more, all at once."""
+        for t in self.threads:
+            t.start()
+        deadline = time.monotonic() + seconds
+        counts = []
+        others = [threading.Thread(target=self._send,
+                                   args=(seed, deadline, counts), daemon=True)
+                  for seed in range(2, senders + 1)]
+        for t in others:
+            t.start()
+        self._send(1, deadline, counts)
+        for t in others:
+            t.join(JOIN_TIMEOUT)
+        assert not any(t.is_alive() for t in others), "a sender is stuck"
+        sent = sum(counts)
         # What was sent last lands, then the workers leave their loops.
         time.sleep(0.1)
         self.done.set()
@@ -150,6 +165,28 @@ def test_storm_on_locks_conditions_and_queues_leaves_them_free():
         bsem.release()
         bsem.release()
     assert not q.mutex.locked()
+
+
+def _step(n):
+    return n % 3
+
+
+@pytest.mark.skipif(not hasattr(sys, "monitoring"),
+                    reason="sys.monitoring arming is 3.12+")
+def test_storm_of_many_senders_leaves_no_arming_behind():
+    """Four threads send at once to threads that run Python code, so that
+    deliveries are armed, landed and disarmed concurrently, by senders and
+    by the targets themselves. Afterwards xthread holds no sys.monitoring
+    tool id: it gives its id back only when its count of armed deliveries
+    comes back to exactly zero, so a lost or doubled count shows here."""
+    def body(i):
+        n = 0
+        for _ in range(100):
+            n += _step(n)
+
+    Storm(body).run(senders=4)
+    mon = sys.monitoring
+    assert [mon.get_tool(tool) for tool in range(6)].count("xthread") == 0
 
 
 def test_storm_on_nested_time_limits_keeps_every_limit_working():

@@ -331,4 +331,37 @@ xthread_gc_call(const char *name)
 #  define XTHREAD_SHARED_GIL_SLOT
 #endif
 
+/* Free-threaded builds (Py_GIL_DISABLED, 3.13+). What the GIL
+ * serialises on a GIL build needs a lock of its own there: state whose
+ * updates call C functions of the interpreter (sys.monitoring's), which
+ * run no bytecode and so never let another thread in under the GIL.
+ * xthread_mutex is CPython's PyMutex there (it parks detached, so a
+ * thread waiting on it never holds up a stop-the-world), and nothing on a
+ * GIL build, which pays no cost for it. */
+#ifdef Py_GIL_DISABLED
+#  define XTHREAD_FREE_THREADED 1
+typedef PyMutex xthread_mutex;
+static inline void
+xthread_mutex_lock(xthread_mutex *m)
+{
+    PyMutex_Lock(m);
+}
+static inline void
+xthread_mutex_unlock(xthread_mutex *m)
+{
+    PyMutex_Unlock(m);
+}
+#else
+#  define XTHREAD_FREE_THREADED 0
+typedef struct { char unused; } xthread_mutex;
+static inline void
+xthread_mutex_lock(xthread_mutex *Py_UNUSED(m))
+{
+}
+static inline void
+xthread_mutex_unlock(xthread_mutex *Py_UNUSED(m))
+{
+}
+#endif
+
 #endif /* XTHREAD_COMPAT_H */

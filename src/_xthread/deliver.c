@@ -371,7 +371,7 @@ record_send(xthread_state *state, recordobject *rec, PyObject *instance,
             unsigned long long token)
 {
     int needs_landing = XTHREAD_LANDING != 0;
-    if (needs_landing && state->landing_verdict != NULL) {
+    if (needs_landing && landing_ready(state)) {
         Py_XSETREF(rec->outstanding, Py_NewRef(instance));
         rec->outstanding_scope = scope;
         rec->outstanding_token = token;

@@ -81,25 +81,22 @@ landing_here(xthread_state *state, recordobject *rec, PyObject *code,
     return verdict == VERDICT_LAND;
 }
 
-/* Imports what landing needs, once. Runs Python code: call it before a
- * delivery's checks. Returns 1 when landing is available. */
-
-int
-landing_load(xthread_state *state)
+/* Under the landing lock: fills in the landing fields from
+ * xthread._landing (`mod`), unless another thread did first, and
+ * publishes them. Returns 1, or 0 when landing is unavailable (said once,
+ * as unraisable). */
+static int
+landing_publish(xthread_state *state, PyObject *mod)
 {
-    if (XTHREAD_LANDING == 0 || state->landing_failed) {
-        return 0;
-    }
-    if (state->landing_verdict != NULL) {
+    if (atomic_load(&state->landing_ready)) {
         return 1;
     }
-    PyObject *mod = PyImport_ImportModule("xthread._landing");
-    if (mod == NULL) {
-        goto failed;
+    if (atomic_load(&state->landing_failed)) {
+        return 0;
     }
-    PyObject *safe = PyObject_GetAttrString(mod, "verdict");
+    PyObject *safe = mod != NULL ? PyObject_GetAttrString(mod, "verdict")
+                                 : NULL;
     if (safe == NULL) {
-        Py_DECREF(mod);
         goto failed;
     }
     if (XTHREAD_LANDING == 1) {
@@ -115,7 +112,6 @@ landing_load(xthread_state *state)
             Py_CLEAR(state->signal_clearer);
             Py_CLEAR(state->trace_maps);
             Py_DECREF(safe);
-            Py_DECREF(mod);
             goto failed;
         }
     }
@@ -128,7 +124,6 @@ landing_load(xthread_state *state)
             ? PyObject_GetAttrString(mon, "events") : NULL;
         if (events == NULL) {
             Py_DECREF(safe);
-            Py_DECREF(mod);
             goto failed;
         }
         static const char *names[] = {"INSTRUCTION", "PY_START", "PY_RESUME"};
@@ -142,14 +137,12 @@ landing_load(xthread_state *state)
         Py_DECREF(events);
         if (PyErr_Occurred()) {
             Py_DECREF(safe);
-            Py_DECREF(mod);
             goto failed;
         }
         state->monitoring = Py_NewRef(mon);
     }
     if (XTHREAD_LANDING == 2 && plain_load_opcodes(state) < 0) {
         Py_DECREF(safe);
-        Py_DECREF(mod);
         goto failed;
     }
     /* A set that the module keeps; it only grows. Without it, no code
@@ -159,15 +152,43 @@ landing_load(xthread_state *state)
         Py_CLEAR(state->not_here);
         PyErr_Clear();
     }
-    Py_DECREF(mod);
     state->landing_verdict = safe;
+    atomic_store_explicit(&state->landing_ready, 1, memory_order_release);
     return 1;
 
 failed:
     /* Plain delivery from now on; say why once. */
     PyErr_WriteUnraisable(NULL);
-    state->landing_failed = 1;
+    atomic_store(&state->landing_failed, 1);
     return 0;
+}
+
+/* Imports what landing needs, once. Runs Python code: call it before a
+ * delivery's checks. Returns 1 when landing is available. Any thread:
+ * the first to get the lock publishes, the others find it done. */
+int
+landing_load(xthread_state *state)
+{
+    if (XTHREAD_LANDING == 0 || atomic_load(&state->landing_failed)) {
+        return 0;
+    }
+    if (landing_ready(state)) {
+        return 1;
+    }
+    /* Imported before the lock is taken, so that no import lock is ever
+     * waited for under it; `opcode` for plain_load_opcodes. */
+    PyObject *mod = PyImport_ImportModule("xthread._landing");
+    PyObject *opcode = mod != NULL && XTHREAD_LANDING == 2
+        ? PyImport_ImportModule("opcode") : NULL;
+    if (mod != NULL && XTHREAD_LANDING == 2 && opcode == NULL) {
+        Py_CLEAR(mod);
+    }
+    ft_lock_acquire(&state->landing_lock);
+    int rc = landing_publish(state, mod);
+    ft_lock_release(&state->landing_lock);
+    Py_XDECREF(opcode);
+    Py_XDECREF(mod);
+    return rc;
 }
 
 // sys.monitoring (3.12+)
@@ -548,12 +569,23 @@ mon_arm_frame(xthread_state *state, recordobject *rec, PyFrameObject *frame)
  * on the target's current stack; again on a re-delivery, for frames
  * entered since. Returns 1 when armed, 0 when it cannot be (plain
  * delivery must be used), -1 with an exception set. */
+static int record_arm_locked(xthread_state *state, recordobject *rec);
+
 int
 record_arm(xthread_state *state, recordobject *rec)
 {
-    if (XTHREAD_LANDING == 0 || state->landing_verdict == NULL) {
+    if (XTHREAD_LANDING == 0 || !landing_ready(state)) {
         return 0;
     }
+    ft_lock_acquire(&state->landing_lock);
+    int rc = record_arm_locked(state, rec);
+    ft_lock_release(&state->landing_lock);
+    return rc;
+}
+
+static int
+record_arm_locked(xthread_state *state, recordobject *rec)
+{
     PyThreadState *tstate = find_tstate(rec->ident);
     if (tstate == NULL) {
         return 0;
@@ -589,6 +621,8 @@ record_arm(xthread_state *state, recordobject *rec)
     return for_each_frame(state, rec, tstate, mon_arm_frame) < 0 ? -1 : 1;
 }
 
+static void record_disarm_locked(xthread_state *state, recordobject *rec);
+
 /* Undoes record_arm. GIL held, any thread; keeps any exception that is
  * set and reports its own. */
 void
@@ -598,11 +632,21 @@ record_disarm(recordobject *rec)
     if (!rec->armed) {
         return;
     }
-    rec->armed = 0;
     xthread_state *state = PyType_GetModuleState(Py_TYPE(rec));
     if (state == NULL) {
         return;
     }
+    ft_lock_acquire(&state->landing_lock);
+    if (rec->armed) {
+        rec->armed = 0;
+        record_disarm_locked(state, rec);
+    }
+    ft_lock_release(&state->landing_lock);
+}
+
+static void
+record_disarm_locked(xthread_state *state, recordobject *rec)
+{
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     if (XTHREAD_LANDING == 1) {
@@ -672,13 +716,15 @@ landing_on_py_start(PyObject *module, PyObject *const *args,
      * raised here: a frame's start may be an __exit__ that must run.) */
     xthread_state *state = get_xthread_state(module);
     recordobject *rec = current_record_if_any(state);
-    if (rec == NULL || !rec->armed || rec->outstanding == NULL || nargs < 1
-        || state->mon_tool < 0) {
+    if (rec == NULL || !rec->armed || rec->outstanding == NULL || nargs < 1) {
         Py_RETURN_NONE;
     }
-    if (mon_arm_code(state, rec, args[0]) < 0) {
+    ft_lock_acquire(&state->landing_lock);
+    if (rec->armed && state->mon_tool >= 0
+        && mon_arm_code(state, rec, args[0]) < 0) {
         PyErr_WriteUnraisable((PyObject *)rec);
     }
+    ft_lock_release(&state->landing_lock);
     Py_RETURN_NONE;
 }
 
@@ -718,13 +764,14 @@ landing_init(PyObject *module, xthread_state *state)
 void
 record_arm_settle(xthread_state *state, recordobject *rec)
 {
-    if (rec->armed || rec->armed_objs == NULL
-        || PyList_GET_SIZE(rec->armed_objs) == 0) {
-        return;
+    ft_lock_acquire(&state->landing_lock);
+    if (!rec->armed && rec->armed_objs != NULL
+        && PyList_GET_SIZE(rec->armed_objs) > 0) {
+        rec->armed = 1;
+        if (XTHREAD_LANDING == 2) {
+            state->mon_armed++;
+        }
+        record_disarm(rec);
     }
-    rec->armed = 1;
-    if (XTHREAD_LANDING == 2) {
-        state->mon_armed++;
-    }
-    record_disarm(rec);
+    ft_lock_release(&state->landing_lock);
 }

@@ -5,8 +5,11 @@
  * (XTHREAD_LANDING in compat.h), and xthread._landing's verdict says at
  * which instruction to raise.
  *
- * All of it runs with the GIL held: arming and disarming in a sender or
- * in the target, the callbacks in the thread that runs armed code.
+ * All of it runs with the GIL held (where there is one): arming and
+ * disarming in a sender or in the target, the callbacks in the thread
+ * that runs armed code. The arming state (the sys.monitoring tool and
+ * its counts, each record's `armed` and `armed_objs`) is changed only
+ * under state->landing_lock, which these functions take themselves.
  */
 #ifndef XTHREAD_LANDING_H
 #define XTHREAD_LANDING_H
@@ -18,6 +21,12 @@ int landing_init(PyObject *module, xthread_state *state);
 /* Imports xthread._landing once; runs Python code, so a sender calls it
  * before its checks. 1 when landing is available, 0 when not. */
 int landing_load(xthread_state *state);
+/* Whether landing_load has succeeded (in any thread). */
+static inline int
+landing_ready(xthread_state *state)
+{
+    return atomic_load_explicit(&state->landing_ready, memory_order_acquire);
+}
 /* Arms `rec`'s outstanding delivery on the target's current stack: 1
  * when armed, 0 when it cannot be (send it plain), -1 with an exception
  * set. record_arm_settle undoes what record_arm armed if the delivery

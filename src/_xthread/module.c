@@ -44,7 +44,9 @@ xthread_exec(PyObject *module)
     atomic_init(&state->next_token, 0);
     state->landing_verdict = NULL;
     state->not_here = NULL;
-    state->landing_failed = 0;
+    atomic_init(&state->landing_ready, 0);
+    atomic_init(&state->landing_failed, 0);
+    ft_lock_init(&state->landing_lock);
     state->monitoring = NULL;
     state->mon_tool = -1;
     state->mon_armed = 0;

@@ -42,33 +42,107 @@ current_pid(void)
 
 #define PID_RENEWING (-1)
 
-/* Returns `*mutex`, first made anew if it was made in another process
- * (`*pid` tells): then `renew(arg)` runs too, with the new mutex not yet
- * published, for what else the parent's threads left behind. Safe
- * without the GIL: one caller renews, any other waits for it. */
-PyThread_type_lock
-fork_safe_mutex(PyThread_type_lock *mutex, atomic_int *pid,
-                void (*renew)(void *), void *arg)
+/* If `*pid` is not this process, runs `renew(arg)` and then marks it
+ * this process's. Safe without the GIL: one caller renews, any other
+ * waits for it. */
+static void
+fork_renew(atomic_int *pid, void (*renew)(void *), void *arg)
 {
     int now = current_pid();
     int seen = atomic_load(pid);
     while (seen != now) {
         if (seen != PID_RENEWING
             && atomic_compare_exchange_weak(pid, &seen, PID_RENEWING)) {
-            PyThread_type_lock fresh = PyThread_allocate_lock();
-            if (fresh != NULL) {
-                *mutex = fresh;     /* else keep the old one: no better */
-            }
-            if (renew != NULL) {
-                renew(arg);
-            }
+            renew(arg);
             atomic_store(pid, now);
             break;
         }
         sched_yield();
         seen = atomic_load(pid);
     }
+}
+
+struct mutex_renewal {
+    PyThread_type_lock *mutex;
+    void (*renew)(void *);
+    void *arg;
+};
+
+static void
+renew_mutex(void *arg)
+{
+    struct mutex_renewal *r = arg;
+    PyThread_type_lock fresh = PyThread_allocate_lock();
+    if (fresh != NULL) {
+        *r->mutex = fresh;      /* else keep the old one: no better */
+    }
+    if (r->renew != NULL) {
+        r->renew(r->arg);
+    }
+}
+
+/* Returns `*mutex`, first made anew if it was made in another process
+ * (`*pid` tells): then `renew(arg)` runs too, with the new mutex not yet
+ * published, for what else the parent's threads left behind. */
+PyThread_type_lock
+fork_safe_mutex(PyThread_type_lock *mutex, atomic_int *pid,
+                void (*renew)(void *), void *arg)
+{
+    struct mutex_renewal r = {mutex, renew, arg};
+    fork_renew(pid, renew_mutex, &r);
     return *mutex;
+}
+
+// The lock that only a free-threaded build needs
+
+void
+ft_lock_init(xthread_ft_lock *lock)
+{
+    memset(&lock->mutex, 0, sizeof(lock->mutex));
+    atomic_init(&lock->owner, 0);
+    lock->depth = 0;
+    atomic_init(&lock->pid, current_pid());
+}
+
+/* In a forked child: free, whoever held it in the parent. */
+static void
+ft_lock_renew(void *arg)
+{
+    xthread_ft_lock *lock = arg;
+    memset(&lock->mutex, 0, sizeof(lock->mutex));
+    atomic_store(&lock->owner, 0);
+    lock->depth = 0;
+}
+
+void
+ft_lock_acquire(xthread_ft_lock *lock)
+{
+    if (!XTHREAD_FREE_THREADED) {
+        return;
+    }
+    fork_renew(&lock->pid, ft_lock_renew, lock);
+    unsigned long me = PyThread_get_thread_ident();
+    /* Only the holder stores its own ident, so reading it back is
+     * reliable whatever other threads do meanwhile. */
+    if (atomic_load_explicit(&lock->owner, memory_order_relaxed) == me) {
+        lock->depth++;
+        return;
+    }
+    xthread_mutex_lock(&lock->mutex);
+    atomic_store_explicit(&lock->owner, me, memory_order_relaxed);
+    lock->depth = 1;
+}
+
+void
+ft_lock_release(xthread_ft_lock *lock)
+{
+    if (!XTHREAD_FREE_THREADED) {
+        return;
+    }
+    if (--lock->depth == 0) {
+        atomic_store_explicit(&lock->owner, 0, memory_order_relaxed);
+        xthread_mutex_unlock(&lock->mutex);
+    }
 }
 
 static void registry_drop_stale(void *reg);

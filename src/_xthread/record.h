@@ -20,6 +20,13 @@ int current_pid(void);
 PyThread_type_lock fork_safe_mutex(PyThread_type_lock *mutex, atomic_int *pid,
                                    void (*renew)(void *), void *arg);
 
+/* The lock of state that the GIL guards on a GIL build: a no-op there.
+ * Recursive; any thread, with a thread state; after fork() the child
+ * takes it afresh. */
+void ft_lock_init(xthread_ft_lock *lock);
+void ft_lock_acquire(xthread_ft_lock *lock);
+void ft_lock_release(xthread_ft_lock *lock);
+
 /* The registry: a hash table of entries by ident, under its own mutex.
  * registry_mutex may be taken without the GIL (thread_abandon,
  * xthread_free); linking and unlinking are done with the GIL held, by the

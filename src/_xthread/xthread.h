@@ -79,6 +79,18 @@ typedef struct xthread_registry {
 
 #define REGISTRY_MIN_CHAINS 64
 
+/* A lock for state that the GIL guards on a GIL build (see
+ * xthread_mutex in compat.h): a real lock only without the GIL, where it
+ * is recursive (what it guards calls into the interpreter, which may run
+ * a finalizer or an audit hook that comes back) and given up in a forked
+ * child, whose holder may not exist there (record.c: ft_lock_*). */
+typedef struct {
+    xthread_mutex mutex;
+    atomic_ulong owner;         /* ident of the holder; 0: free */
+    int depth;                  /* the holder's */
+    atomic_int pid;             /* the process the mutex is for */
+} xthread_ft_lock;
+
 typedef struct {
     PyTypeObject *lock_type;
     PyTypeObject *rlock_type;
@@ -98,10 +110,18 @@ typedef struct {
     atomic_ullong next_generation;
     atomic_ullong next_token;           /* deliveries and scopes */
     /* Landing (landing.c): xthread._landing.verdict, imported by
-     * the first delivery that needs it; whether that import failed. */
+     * the first delivery that needs it; whether that import failed.
+     * `landing_ready` is set (release) once the fields below are all
+     * published, `landing_failed` once the import has failed: neither is
+     * unset. */
     PyObject *landing_verdict;
     PyObject *not_here;         /* xthread._landing._not_here, a set */
-    int landing_failed;
+    atomic_int landing_ready;
+    atomic_int landing_failed;
+    /* Guards the landing fields' publication, and the arming state: the
+     * sys.monitoring tool and counts below, and every record's `armed`
+     * and `armed_objs`. Taken by senders and by armed threads. */
+    xthread_ft_lock landing_lock;
     /* Trace-function landing: xthread._landing.table, and its answers by
      * code object (a trace function must not run Python code: on 3.11,
      * Python code run from a C trace function at a call instruction
@@ -214,7 +234,7 @@ typedef struct recordobject {
      * where the frame's handlers apply (landing.c); `armed_objs`
      * holds what was armed for it: code objects (sys.monitoring) or
      * frames whose f_trace_opcodes was set (trace function). */
-    int armed;
+    atomic_int armed;           /* written under landing_lock */
     int land_next;              /* raise at the next instruction it runs */
     /* The outstanding exception was handed to the interpreter loop
      * (PyThreadState_SetAsyncExc), so withdrawing it must clear it there.
