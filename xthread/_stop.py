@@ -222,10 +222,14 @@ class _Watchdog:
                     self._wake_at = deadline
             finally:
                 mutex.release()
+            # Under the shield too: an exception landing here (a stop
+            # sent to the thread that opens the limit) must not cost the
+            # watchdog its wake-up. It may be waiting with no deadline at
+            # all, for the next add() to poke it.
+            if wake:
+                self._poke()
         finally:
             _shield_exit()
-        if wake:
-            self._poke()
         return item
 
     def running(self):
