@@ -54,6 +54,8 @@ STOP_NAMES = {
     "_scope_exit", "_shield_enter", "_shield_exit", "sleep", "Scoped",
     "_call_unshielded", "_nudge", "_wake_signal", "_SIGNAL_WAKES",
     "_handling",
+    # fork() waits until no delivery is half armed.
+    "_fork_hold", "_fork_release",
     # Killable waits: the reentrant lock, its bookkeeping in C.
     "RLock",
 }

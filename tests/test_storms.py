@@ -450,6 +450,14 @@ def test_fork_storm_children_can_start_kill_and_join():
                 t.join(5)
 
         def in_child():
+            global lock, cond, q
+            if not getattr(sys, "_is_gil_enabled", lambda: True)():
+                # Without the GIL the workers run during the fork, and one
+                # may hold these in the child for good, as with stdlib's.
+                lock = xthread.Lock()
+                cond = xthread.Condition()
+                q = xthread.Queue()
+                q.put(1)
             t = xthread.Thread(target=spin, daemon=True)
             t.start()
             result = t.kill(timeout=10)

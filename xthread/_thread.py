@@ -123,6 +123,9 @@ def _after_fork_in_child():
 
 _compat.register_atexit(_join_non_daemon_threads)
 _os.register_at_fork(after_in_child=_after_fork_in_child)
+# No delivery is half armed at fork() (a no-op on GIL builds).
+_os.register_at_fork(before=_xthread._fork_hold,
+                     after_in_parent=_xthread._fork_release)
 
 
 # Thread states: a started thread runs until its sentinel is released.

@@ -364,4 +364,15 @@ xthread_mutex_unlock(xthread_mutex *Py_UNUSED(m))
 }
 #endif
 
+/* Who arms a delivery (landing.c, "Arming").
+ *   XTHREAD_SELF_ARM 0: the sender, walking the target's frames, which
+ *       the GIL keeps still meanwhile.
+ *   XTHREAD_SELF_ARM 1 (free-threaded builds): the target runs while a
+ *       sender would read its frames, and CPython frees and reuses them
+ *       under the reader. So the sender only asks, and switches on global
+ *       sys.monitoring events that every thread running bytecode meets
+ *       within a few instructions (jumps, branches, returns, yields,
+ *       calls); the target arms its own frames at the first of them. */
+#define XTHREAD_SELF_ARM XTHREAD_FREE_THREADED
+
 #endif /* XTHREAD_COMPAT_H */

@@ -464,7 +464,7 @@ record_send_next(recordobject *rec)
         if (n < 0) {
             PyErr_WriteUnraisable(instance);
         }
-        else if (n == 1 && rec->parked) {
+        else if (n == 1 && record_parked(rec)) {
             unpark(rec);
         }
         Py_DECREF(item);
@@ -616,8 +616,11 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
                 PyErr_WriteUnraisable(instance);
             }
             record_arm_settle(state, rec);
-            if (rec->armed && !rec->plain && !rec->judging
-                && rec->outstanding != NULL
+            /* Not where the target arms itself: whether a plain copy
+             * would split depends on its innermost frame, which only the
+             * GIL lets a sender read. It lands when the call returns. */
+            if (!XTHREAD_SELF_ARM && rec->armed && !rec->plain
+                && !rec->judging && rec->outstanding != NULL
                 && monotonic_us() - rec->sent_at_us >= PLAIN_AFTER_US
                 && !plain_would_split(state, find_tstate(rec->ident))) {
                 PyObject *plain = make_carrier(rec->outstanding, rec,
@@ -651,7 +654,7 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
         goto done;
     }
     if (n == 1 && rec != NULL) {
-        if (rec->parked) {
+        if (record_parked(rec)) {
             unpark(rec);
         }
         else {

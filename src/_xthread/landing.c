@@ -134,6 +134,23 @@ landing_publish(xthread_state *state, PyObject *mod)
             *bits[i] = v != NULL ? PyLong_AsLong(v) : -1;
             Py_XDECREF(v);
         }
+        /* Those a thread running bytecode meets within a few
+         * instructions (XTHREAD_SELF_ARM); names that a version lacks
+         * are left out. */
+        static const char *progress[] = {"JUMP", "BRANCH_LEFT",
+                                         "BRANCH_RIGHT", "BRANCH",
+                                         "PY_RETURN", "PY_YIELD"};
+        state->ev_progress = 0;
+        for (size_t i = 0; XTHREAD_SELF_ARM && !PyErr_Occurred()
+                           && i < sizeof(progress) / sizeof(*progress); i++) {
+            PyObject *v = PyObject_GetAttrString(events, progress[i]);
+            if (v == NULL) {
+                PyErr_Clear();
+                continue;
+            }
+            state->ev_progress |= PyLong_AsLong(v);
+            Py_DECREF(v);
+        }
         Py_DECREF(events);
         if (PyErr_Occurred()) {
             Py_DECREF(safe);
@@ -193,6 +210,41 @@ landing_load(xthread_state *state)
 
 // sys.monitoring (3.12+)
 
+/* Registers xthread's callbacks for tool `id` (`on`), or None. Returns
+ * None, or NULL with an exception set. */
+static PyObject *
+mon_register(xthread_state *state, int id, int on)
+{
+    long evs[] = {state->ev_instruction, state->ev_py_start,
+                  state->ev_py_resume};
+    PyObject *cbs[] = {state->cb_instruction, state->cb_py_start,
+                       state->cb_py_resume};
+    for (size_t j = 0; j < 3; j++) {
+        PyObject *r = PyObject_CallMethod(state->monitoring,
+                                          "register_callback", "ilO", id,
+                                          evs[j], on ? cbs[j] : Py_None);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    /* One call per event: register_callback takes a single one. */
+    for (long bit = 1; bit > 0 && bit <= state->ev_progress; bit <<= 1) {
+        if (!(state->ev_progress & bit)) {
+            continue;
+        }
+        PyObject *r = PyObject_CallMethod(state->monitoring,
+                                          "register_callback", "ilO", id,
+                                          bit, on ? state->cb_progress
+                                                  : Py_None);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
 /* Gives the tool id back: no events, no callbacks. Keeps any exception
  * that is set; its own errors are reported. */
 static void
@@ -203,17 +255,14 @@ mon_release(xthread_state *state)
         return;
     }
     state->mon_tool = -1;
+    state->arm_requests = 0;
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     PyObject *r = PyObject_CallMethod(state->monitoring, "set_events", "ii",
                                       id, 0);
     Py_XDECREF(r);
-    long evs[] = {state->ev_instruction, state->ev_py_start,
-                  state->ev_py_resume};
-    for (size_t j = 0; r != NULL && j < 3; j++) {
-        r = PyObject_CallMethod(state->monitoring, "register_callback",
-                                "ilO", id, evs[j], Py_None);
-        Py_XDECREF(r);
+    if (r != NULL) {
+        r = mon_register(state, id, 0);
     }
     if (r != NULL) {
         r = PyObject_CallMethod(state->monitoring, "free_tool_id", "i", id);
@@ -253,19 +302,12 @@ mon_acquire(xthread_state *state)
         }
         Py_DECREF(r);
         state->mon_tool = id;
-        long evs[] = {state->ev_instruction, state->ev_py_start,
-                      state->ev_py_resume};
-        PyObject *cbs[] = {state->cb_instruction, state->cb_py_start,
-                           state->cb_py_resume};
-        for (size_t j = 0; j < 3; j++) {
-            r = PyObject_CallMethod(state->monitoring, "register_callback",
-                                    "ilO", id, evs[j], cbs[j]);
-            if (r == NULL) {
-                mon_release(state);
-                return -1;
-            }
-            Py_DECREF(r);
+        r = mon_register(state, id, 1);
+        if (r == NULL) {
+            mon_release(state);
+            return -1;
         }
+        Py_DECREF(r);
         r = PyObject_CallMethod(state->monitoring, "set_events", "il", id,
                                 state->ev_py_start | state->ev_py_resume);
         if (r == NULL) {
@@ -583,11 +625,81 @@ record_arm(xthread_state *state, recordobject *rec)
     return rc;
 }
 
+/* XTHREAD_SELF_ARM: asks the thread of `rec` to arm its own frames,
+ * with the global events on that it will meet. Under the landing lock,
+ * the tool held. 0, or -1 with an exception set. */
+static int
+arm_request(xthread_state *state, recordobject *rec)
+{
+    if (rec->arm_requested) {
+        return 0;
+    }
+    if (state->arm_requests == 0) {
+        PyObject *r = PyObject_CallMethod(
+            state->monitoring, "set_events", "il", state->mon_tool,
+            state->ev_py_start | state->ev_py_resume | state->ev_progress);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    rec->arm_requested = 1;
+    state->arm_requests++;
+    return 0;
+}
+
+/* The request for `rec` is answered or dropped: when it was the last,
+ * the global events go back to calls and resumptions. Under the landing
+ * lock; keeps any exception that is set, reports its own. */
+static void
+arm_request_done(xthread_state *state, recordobject *rec)
+{
+    if (!rec->arm_requested) {
+        return;
+    }
+    rec->arm_requested = 0;
+    if (--state->arm_requests > 0) {
+        return;
+    }
+    state->arm_requests = 0;
+    if (state->mon_tool < 0) {
+        return;
+    }
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *r = PyObject_CallMethod(state->monitoring, "set_events", "il",
+                                      state->mon_tool,
+                                      state->ev_py_start
+                                      | state->ev_py_resume);
+    if (r == NULL) {
+        PyErr_WriteUnraisable(state->monitoring);
+    }
+    Py_XDECREF(r);
+    PyErr_Restore(et, ev, tb);
+}
+
+/* The calling thread answers the request for its record: arms its own
+ * frames, which nothing else changes meanwhile. Under the landing
+ * lock. */
+static void
+arm_self(xthread_state *state, recordobject *rec)
+{
+    arm_request_done(state, rec);
+    if (rec->armed && rec->outstanding != NULL && state->mon_tool >= 0
+        && for_each_frame(state, rec, PyThreadState_Get(),
+                          mon_arm_frame) < 0) {
+        PyErr_WriteUnraisable((PyObject *)rec);
+    }
+}
+
 static int
 record_arm_locked(xthread_state *state, recordobject *rec)
 {
-    PyThreadState *tstate = find_tstate(rec->ident);
-    if (tstate == NULL) {
+    /* Another thread's frames are read only where the GIL keeps them
+     * still (compat.h: XTHREAD_SELF_ARM). */
+    int ask = XTHREAD_SELF_ARM && rec->ident != PyThread_get_thread_ident();
+    PyThreadState *tstate = ask ? NULL : find_tstate(rec->ident);
+    if (tstate == NULL && !ask) {
         return 0;
     }
     if (rec->armed_objs == NULL) {
@@ -617,6 +729,11 @@ record_arm_locked(xthread_state *state, recordobject *rec)
     if (!rec->armed) {
         rec->armed = 1;
         state->mon_armed++;
+    }
+    if (ask) {
+        /* Also on a re-delivery (kill's): frames entered since get armed
+         * by the next answer. */
+        return arm_request(state, rec) < 0 ? -1 : 1;
     }
     return for_each_frame(state, rec, tstate, mon_arm_frame) < 0 ? -1 : 1;
 }
@@ -668,6 +785,7 @@ record_disarm_locked(xthread_state *state, recordobject *rec)
         }
     }
     else if (XTHREAD_LANDING == 2) {
+        arm_request_done(state, rec);
         if (mon_disarm_codes(state, rec) < 0) {
             PyErr_WriteUnraisable((PyObject *)rec);
         }
@@ -719,12 +837,38 @@ landing_on_py_start(PyObject *module, PyObject *const *args,
     if (rec == NULL || !rec->armed || rec->outstanding == NULL || nargs < 1) {
         Py_RETURN_NONE;
     }
+    Py_INCREF(rec);
     ft_lock_acquire(&state->landing_lock);
+    if (rec->arm_requested) {
+        arm_self(state, rec);
+    }
     if (rec->armed && state->mon_tool >= 0
         && mon_arm_code(state, rec, args[0]) < 0) {
         PyErr_WriteUnraisable((PyObject *)rec);
     }
     ft_lock_release(&state->landing_lock);
+    Py_DECREF(rec);
+    Py_RETURN_NONE;
+}
+
+/* XTHREAD_SELF_ARM: a jump, branch, return or yield, in any thread while
+ * some thread is asked to arm itself. Never raises here. */
+static PyObject *
+landing_on_progress(PyObject *module, PyObject *const *Py_UNUSED(args),
+                    Py_ssize_t Py_UNUSED(nargs))
+{
+    xthread_state *state = get_xthread_state(module);
+    recordobject *rec = current_record_if_any(state);
+    if (rec == NULL || !rec->arm_requested) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(rec);
+    ft_lock_acquire(&state->landing_lock);
+    if (rec->arm_requested) {
+        arm_self(state, rec);
+    }
+    ft_lock_release(&state->landing_lock);
+    Py_DECREF(rec);
     Py_RETURN_NONE;
 }
 
@@ -734,6 +878,8 @@ static PyMethodDef landing_callbacks[] = {
     {"_landing_on_py_start", (PyCFunction)(void (*)(void))landing_on_py_start,
      METH_FASTCALL, NULL},
     {"_landing_on_py_resume", (PyCFunction)(void (*)(void))landing_on_py_start,
+     METH_FASTCALL, NULL},
+    {"_landing_on_progress", (PyCFunction)(void (*)(void))landing_on_progress,
      METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL}
 };
@@ -748,8 +894,8 @@ landing_init(PyObject *module, xthread_state *state)
         return -1;
     }
     PyObject **cbs[] = {&state->cb_instruction, &state->cb_py_start,
-                        &state->cb_py_resume};
-    for (size_t i = 0; i < 3; i++) {
+                        &state->cb_py_resume, &state->cb_progress};
+    for (size_t i = 0; i < 4; i++) {
         *cbs[i] = PyCFunction_NewEx(&landing_callbacks[i], module, NULL);
         if (*cbs[i] == NULL) {
             return -1;
@@ -775,3 +921,36 @@ record_arm_settle(xthread_state *state, recordobject *rec)
     }
     ft_lock_release(&state->landing_lock);
 }
+
+// fork()
+
+/* A child process must not inherit the arming state half changed (a code
+ * counted but not instrumented, the tool half given back): fork() waits
+ * for the landing lock, and holds it until the child exists. Run by
+ * os.fork()'s `before` hook, before the world is stopped for the fork,
+ * and its parent's `after` hook; the child takes the lock afresh (the
+ * fork renewal of ft_lock_acquire). Nothing on a GIL build, where no
+ * arming is under way while the forking thread holds the GIL. */
+static PyObject *
+landing_fork_hold(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    ft_lock_acquire(&get_xthread_state(module)->landing_lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+landing_fork_release(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    ft_lock_release(&get_xthread_state(module)->landing_lock);
+    Py_RETURN_NONE;
+}
+
+PyMethodDef xthread_landing_methods[] = {
+    {"_fork_hold", landing_fork_hold, METH_NOARGS,
+     "_fork_hold($module, /)\n--\n\n"
+     "os.fork()'s before hook: waits until no delivery is being armed."},
+    {"_fork_release", landing_fork_release, METH_NOARGS,
+     "_fork_release($module, /)\n--\n\n"
+     "os.fork()'s after hook in the parent: undoes _fork_hold."},
+    {NULL, NULL, 0, NULL}
+};

@@ -36,4 +36,7 @@ int record_arm(xthread_state *state, recordobject *rec);
 void record_arm_settle(xthread_state *state, recordobject *rec);
 void record_disarm(recordobject *rec);
 
+/* _fork_hold, _fork_release. */
+extern PyMethodDef xthread_landing_methods[];
+
 #endif /* XTHREAD_LANDING_H */

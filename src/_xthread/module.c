@@ -24,6 +24,7 @@ static PyMethodDef *const method_tables[] = {
     xthread_deliver_methods,    /* set_async_exc, _deliver, kill's helpers */
     xthread_wake_methods,       /* _wake_signal */
     xthread_scope_methods,      /* scopes and shields */
+    xthread_landing_methods,    /* fork hooks of the arming state */
 };
 
 static int
@@ -51,6 +52,8 @@ xthread_exec(PyObject *module)
     state->mon_tool = -1;
     state->mon_armed = 0;
     state->ev_instruction = state->ev_py_start = state->ev_py_resume = 0;
+    state->arm_requests = 0;
+    state->ev_progress = 0;
     if (landing_init(module, state) < 0) {
         return -1;
     }
@@ -157,6 +160,7 @@ xthread_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->cb_instruction);
     Py_VISIT(state->cb_py_start);
     Py_VISIT(state->cb_py_resume);
+    Py_VISIT(state->cb_progress);
     return 0;
 }
 
@@ -182,6 +186,7 @@ xthread_clear(PyObject *module)
     Py_CLEAR(state->cb_instruction);
     Py_CLEAR(state->cb_py_start);
     Py_CLEAR(state->cb_py_resume);
+    Py_CLEAR(state->cb_progress);
     return 0;
 }
 

@@ -274,22 +274,26 @@ lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
     if (rec == NULL) {
         return WAIT_ERROR;
     }
-    if (rec->outstanding != NULL) {
-        return WAIT_INTERRUPTED;
-    }
     if (record_semaphore(&rec->park) < 0) {
         return WAIT_ERROR;
     }
-    waiter w = {.next = NULL, .rec = rec, .granted = 0};
-    if (lock_core_enqueue(core, &w)) {
-        return WAIT_DONE;
-    }
     /* The record (its semaphore) must outlive the wait even if another
      * thread clears this thread's state meanwhile (interpreter exit). If
-     * this thread ends inside the GIL request, the reference leaks. */
+     * this thread ends inside the GIL request, the reference leaks.
+     * Counted as parked before `outstanding` is looked at: a sender that
+     * stores it later sees the count and posts (record_parked). */
     Py_INCREF(rec);
-    rec->parked++;
+    park_begin(rec);
+    waiter w = {.next = NULL, .rec = rec, .granted = 0};
     wait_status status;
+    if (rec->outstanding != NULL) {
+        status = WAIT_INTERRUPTED;
+        goto done;
+    }
+    if (lock_core_enqueue(core, &w)) {
+        status = WAIT_DONE;
+        goto done;
+    }
     for (;;) {
         long long park_us = time_left(deadline);
         int sentinel = atomic_load(&core->ends_with_thread);
@@ -323,6 +327,7 @@ lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
             break;
         }
     }
+done:
     rec->parked--;
     Py_DECREF(rec);
     return status;
@@ -342,7 +347,7 @@ park_for(xthread_state *state, long long timeout_us)
     long long deadline = timeout_us >= 0 ? monotonic_us() + timeout_us : 0;
     wait_status status = WAIT_TIMEOUT;
     Py_INCREF(rec);         /* as in lock_core_acquire */
-    rec->parked++;
+    park_begin(rec);
     while (rec->outstanding == NULL) {
         long long left = time_left(deadline);
         if (deadline != 0 && left == 0) {

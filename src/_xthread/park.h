@@ -92,6 +92,23 @@ unpark(recordobject *rec)
     sem_post(rec->park, &rec->park_posted);
 }
 
+/* A sender, after storing `outstanding`: whether the thread is in a
+ * killable wait (then unpark it). The waiter's side: park_begin, before
+ * it looks at `outstanding`. */
+static inline int
+record_parked(recordobject *rec)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    return atomic_load(&rec->parked) > 0;
+}
+
+static inline void
+park_begin(recordobject *rec)
+{
+    atomic_fetch_add(&rec->parked, 1);
+    atomic_thread_fence(memory_order_seq_cst);
+}
+
 /* Timeouts: the largest accepted, in seconds (TIMEOUT_MAX); a float or an
  * integer of seconds, as CPython's time functions take it. */
 double timeout_max_seconds(void);

@@ -388,6 +388,7 @@ record_new(xthread_state *state, unsigned long long generation)
     rec->nscopes = rec->scopes_cap = 0;
     rec->sent_at_us = rec->landed_at_us = 0;
     rec->armed = 0;
+    rec->arm_requested = 0;
     rec->judging = 0;
     rec->land_next = 0;
     rec->plain = 0;
@@ -497,7 +498,7 @@ record_get_landed_at(recordobject *rec, void *Py_UNUSED(closure))
 static PyObject *
 record_get_parked(recordobject *rec, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(rec->parked);
+    return PyBool_FromLong(atomic_load(&rec->parked) > 0);
 }
 
 static PyObject *

@@ -143,6 +143,12 @@ typedef struct {
     PyObject *mon_counts;
     long ev_instruction, ev_py_start, ev_py_resume;
     PyObject *cb_instruction, *cb_py_start, *cb_py_resume;
+    /* XTHREAD_SELF_ARM: how many records wait for their thread to arm
+     * itself (under landing_lock), the global events switched on
+     * meanwhile (0 where none is known), and their callback. */
+    Py_ssize_t arm_requests;
+    long ev_progress;
+    PyObject *cb_progress;
     /* Where a plain copy may be handed over (plain_would_split) and
      * waking (XTHREAD_SIGNAL_WAKES): the opcodes of the call instructions
      * (CALL, CALL_KW, CALL_FUNCTION_EX) and of LOAD_SPECIAL (3.14+),
@@ -210,7 +216,11 @@ typedef struct recordobject {
     PyThread_type_lock park;    /* posted to wake the thread from a wait */
     PyThread_type_lock landed;  /* posted when a sent exception lands */
     atomic_int park_posted, landed_posted;      /* see sem_post */
-    int parked;                 /* in a killable wait now */
+    /* In a killable wait now. A waiter counts itself in before it looks
+     * at `outstanding`; a sender stores `outstanding` before it looks
+     * here (record_parked): with a full fence on each side, one of the
+     * two sees the other, so no wake-up is lost without the GIL. */
+    atomic_int parked;
     int shield_depth;
     /* Sent through xthread, not landed yet: raised by the interpreter at
      * the thread's next bytecode boundary (outstanding), or held back by
@@ -235,6 +245,9 @@ typedef struct recordobject {
      * holds what was armed for it: code objects (sys.monitoring) or
      * frames whose f_trace_opcodes was set (trace function). */
     atomic_int armed;           /* written under landing_lock */
+    /* XTHREAD_SELF_ARM: the thread is to arm its own frames (set by a
+     * sender, cleared by the thread; both under landing_lock). */
+    atomic_int arm_requested;
     int land_next;              /* raise at the next instruction it runs */
     /* The outstanding exception was handed to the interpreter loop
      * (PyThreadState_SetAsyncExc), so withdrawing it must clear it there.
