@@ -19,6 +19,10 @@ import _xthread
 #: CI machine must not turn a slow pass into a failure.
 JOIN_TIMEOUT = 30.0
 
+#: A free-threaded build running with its GIL off (PYTHON_GIL=0). Read
+#: after _xthread's import, which settles it.
+GIL_OFF = not getattr(sys, "_is_gil_enabled", lambda: True)()
+
 #: Upper bound for a whole subprocess script.
 SCRIPT_TIMEOUT = 60.0
 

@@ -25,7 +25,7 @@ import pytest
 import _xthread
 import xthread
 
-from helpers import JOIN_TIMEOUT, join_or_fail
+from helpers import GIL_OFF, JOIN_TIMEOUT, join_or_fail
 
 WAKES = bool(_xthread._SIGNAL_WAKES)
 needs_wakes = pytest.mark.skipif(
@@ -256,6 +256,10 @@ def lands_after_the_call(seconds=0.3):
 
 
 @pytest.mark.skipif(WAKES, reason="up to CPython 3.14")
+@pytest.mark.xfail(GIL_OFF, strict=True, reason=(
+    "known gap with the GIL off: the sender may not read the target's "
+    "frames, so a thread in a C call arms itself only at its next jump, "
+    "call, return or yield, here after its try"))
 def test_before_3_15_the_call_runs_to_its_end():
     """Nothing changes there: the exception lands when the call returns."""
     slept, exc = lands_after_the_call(0.3)

@@ -619,9 +619,10 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
             /* Not where the target arms itself: whether a plain copy
              * would split depends on its innermost frame, which only the
              * GIL lets a sender read. It lands when the call returns. */
-            if (!XTHREAD_SELF_ARM && rec->armed && !rec->plain
-                && !rec->judging && rec->outstanding != NULL
+            if (rec->armed && !rec->plain && !rec->judging
+                && rec->outstanding != NULL
                 && monotonic_us() - rec->sent_at_us >= PLAIN_AFTER_US
+                && frames_readable()
                 && !plain_would_split(state, find_tstate(rec->ident))) {
                 PyObject *plain = make_carrier(rec->outstanding, rec,
                                                rec->outstanding_token);

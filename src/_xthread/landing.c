@@ -135,12 +135,16 @@ landing_publish(xthread_state *state, PyObject *mod)
             Py_XDECREF(v);
         }
         /* Those a thread running bytecode meets within a few
-         * instructions (XTHREAD_SELF_ARM); names that a version lacks
-         * are left out. */
+         * instructions (XTHREAD_SELF_ARM), and first of all as a C call
+         * returns (C_RETURN, C_RAISE: seen with CALL on, never set by
+         * themselves), so that a thread asked while in a call arms its
+         * frames before it runs one more instruction of its caller.
+         * Names that a version lacks are left out. */
         static const char *progress[] = {"JUMP", "BRANCH_LEFT",
                                          "BRANCH_RIGHT", "BRANCH",
-                                         "PY_RETURN", "PY_YIELD"};
-        state->ev_progress = 0;
+                                         "PY_RETURN", "PY_YIELD", "CALL",
+                                         "C_RETURN", "C_RAISE"};
+        state->ev_progress = state->ev_progress_seen = 0;
         for (size_t i = 0; XTHREAD_SELF_ARM && !PyErr_Occurred()
                            && i < sizeof(progress) / sizeof(*progress); i++) {
             PyObject *v = PyObject_GetAttrString(events, progress[i]);
@@ -148,8 +152,12 @@ landing_publish(xthread_state *state, PyObject *mod)
                 PyErr_Clear();
                 continue;
             }
-            state->ev_progress |= PyLong_AsLong(v);
+            long bit = PyLong_AsLong(v);
             Py_DECREF(v);
+            state->ev_progress_seen |= bit;
+            if (strncmp(progress[i], "C_", 2) != 0) {
+                state->ev_progress |= bit;
+            }
         }
         Py_DECREF(events);
         if (PyErr_Occurred()) {
@@ -229,8 +237,9 @@ mon_register(xthread_state *state, int id, int on)
         Py_DECREF(r);
     }
     /* One call per event: register_callback takes a single one. */
-    for (long bit = 1; bit > 0 && bit <= state->ev_progress; bit <<= 1) {
-        if (!(state->ev_progress & bit)) {
+    for (long bit = 1; bit > 0 && bit <= state->ev_progress_seen;
+         bit <<= 1) {
+        if (!(state->ev_progress_seen & bit)) {
             continue;
         }
         PyObject *r = PyObject_CallMethod(state->monitoring,
@@ -692,12 +701,34 @@ arm_self(xthread_state *state, recordobject *rec)
     }
 }
 
+/* Whether this thread may read another thread's frames now: on a GIL
+ * build always (the GIL keeps them still); on a free-threaded build
+ * while the GIL is enabled there (PYTHON_GIL=1, or a module that needs
+ * it was imported), asked each time, since it can be switched on later,
+ * and during an import only for a while. */
+int
+frames_readable(void)
+{
+    if (!XTHREAD_SELF_ARM) {
+        return 1;
+    }
+    PyObject *is_on = PySys_GetObject("_is_gil_enabled");      /* borrowed */
+    PyObject *r = is_on != NULL ? PyObject_CallNoArgs(is_on) : NULL;
+    int on = r != NULL ? PyObject_IsTrue(r) : 0;
+    Py_XDECREF(r);
+    if (on < 0 || r == NULL) {
+        PyErr_Clear();
+        on = 0;
+    }
+    return on;
+}
+
 static int
 record_arm_locked(xthread_state *state, recordobject *rec)
 {
     /* Another thread's frames are read only where the GIL keeps them
      * still (compat.h: XTHREAD_SELF_ARM). */
-    int ask = XTHREAD_SELF_ARM && rec->ident != PyThread_get_thread_ident();
+    int ask = rec->ident != PyThread_get_thread_ident() && !frames_readable();
     PyThreadState *tstate = ask ? NULL : find_tstate(rec->ident);
     if (tstate == NULL && !ask) {
         return 0;

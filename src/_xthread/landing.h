@@ -36,6 +36,11 @@ int record_arm(xthread_state *state, recordobject *rec);
 void record_arm_settle(xthread_state *state, recordobject *rec);
 void record_disarm(recordobject *rec);
 
+/* Whether another thread's frames may be read now (compat.h:
+ * XTHREAD_SELF_ARM): always on a GIL build; on a free-threaded one while
+ * its GIL is enabled. Never fails. */
+int frames_readable(void);
+
 /* _fork_hold, _fork_release. */
 extern PyMethodDef xthread_landing_methods[];
 

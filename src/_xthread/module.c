@@ -53,7 +53,7 @@ xthread_exec(PyObject *module)
     state->mon_armed = 0;
     state->ev_instruction = state->ev_py_start = state->ev_py_resume = 0;
     state->arm_requests = 0;
-    state->ev_progress = 0;
+    state->ev_progress = state->ev_progress_seen = 0;
     if (landing_init(module, state) < 0) {
         return -1;
     }

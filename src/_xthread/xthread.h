@@ -145,9 +145,10 @@ typedef struct {
     PyObject *cb_instruction, *cb_py_start, *cb_py_resume;
     /* XTHREAD_SELF_ARM: how many records wait for their thread to arm
      * itself (under landing_lock), the global events switched on
-     * meanwhile (0 where none is known), and their callback. */
+     * meanwhile (0 where none is known), those and the events they bring
+     * along (C_RETURN with CALL), and their callback. */
     Py_ssize_t arm_requests;
-    long ev_progress;
+    long ev_progress, ev_progress_seen;
     PyObject *cb_progress;
     /* Where a plain copy may be handed over (plain_would_split) and
      * waking (XTHREAD_SIGNAL_WAKES): the opcodes of the call instructions
