@@ -135,11 +135,13 @@ landing_publish(xthread_state *state, PyObject *mod)
             Py_XDECREF(v);
         }
         /* Those a thread running bytecode meets within a few
-         * instructions (XTHREAD_SELF_ARM), and first of all as a C call
-         * returns (C_RETURN, C_RAISE: seen with CALL on, never set by
-         * themselves), so that a thread asked while in a call arms its
-         * frames before it runs one more instruction of its caller.
-         * Names that a version lacks are left out. */
+         * instructions (XTHREAD_SELF_ARM), calls included (C_RETURN and
+         * C_RAISE come with CALL, never set by themselves). A call under
+         * way when the request came was not instrumented as it began, so
+         * its own return is not seen: a thread asked inside a C call
+         * answers only at its next jump, call, return or yield (the gap
+         * that docs/free-threading.md describes). Names that a version
+         * lacks are left out. */
         static const char *progress[] = {"JUMP", "BRANCH_LEFT",
                                          "BRANCH_RIGHT", "BRANCH",
                                          "PY_RETURN", "PY_YIELD", "CALL",
