@@ -766,11 +766,15 @@ def test_return_value_recipe(thread_cls):
 # KeyboardInterrupt ends the join, and the thread can be joined after.
 
 
-def _take_pending_interrupt():
-    """Run bytecode until the main thread's pending SIGINT handler has
-    raised (bounded)."""
-    deadline = time.monotonic() + JOIN_TIMEOUT
+def _until_interrupted(action):
+    """Call action(), then run bytecode until the main thread's pending
+    SIGINT handler has raised (bounded). The interrupt may land anywhere
+    in between: inside action(), or at any check after it returns (with
+    the GIL off, the main thread can see the pending signal late, even at
+    the next call), so the whole span is inside the try."""
     try:
+        action()
+        deadline = time.monotonic() + JOIN_TIMEOUT
         while time.monotonic() < deadline:
             pass
     except KeyboardInterrupt:
@@ -820,13 +824,12 @@ def test_ctrl_c_as_the_thread_ends_leaves_it_joinable():
 
         t = xthread.Thread(target=target)
         t.start()
-        try:
+
+        def release_and_join():
             go.set()
             t.join(JOIN_TIMEOUT)
-        except KeyboardInterrupt:
-            pass
-        else:
-            _take_pending_interrupt()
+
+        _until_interrupted(release_and_join)
         t.join(JOIN_TIMEOUT)
         assert not t.is_alive()
 
@@ -838,12 +841,7 @@ def test_ctrl_c_as_start_returns_leaves_the_thread_started():
     import _thread
     for _ in range(50):
         t = xthread.Thread(target=_thread.interrupt_main)
-        try:
-            t.start()
-        except KeyboardInterrupt:
-            pass
-        else:
-            _take_pending_interrupt()
+        _until_interrupted(t.start)
         assert t.ident is not None
         with pytest.raises(RuntimeError, match="once"):
             t.start()
