@@ -72,6 +72,7 @@ _PENDING = _base.PENDING
 _RUNNING = _base.RUNNING
 _FINISHED = _base.FINISHED
 _CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
+_DONE = frozenset((_base.CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED))
 
 #: Default grace period: how long a stopped task may take to end before its
 #: worker is written off.
@@ -219,6 +220,10 @@ class Future(_futures.Future):
     # lock and then reads the flag, and without the GIL (3.14t) a store
     # then a load of two attributes in two threads may each miss the
     # other's store; the lock orders them, so no watcher waits for ever.
+    # A watcher also waits for the outcome (_stopped_and_done): between the
+    # early flag and the outcome, the future is let go but not done yet,
+    # and wait_stopped() must not return then (its caller reads done()).
+    # Every path sets the outcome before its notifying call.
     _xthread_let_go = False
     _xthread_watched = False
     _xthread_stopped_callbacks = None
@@ -248,7 +253,7 @@ class Future(_futures.Future):
         already, else in the thread where it happens."""
         with self._condition:
             self._xthread_watched = True
-            if not self._xthread_let_go:
+            if not self._stopped_and_done():
                 if self._xthread_stopped_callbacks is None:
                     self._xthread_stopped_callbacks = []
                 self._xthread_stopped_callbacks.append(fn)
@@ -260,11 +265,15 @@ class Future(_futures.Future):
         it ended, it will never run (cancelled while pending, or the pool
         broke), or its worker was written off stuck. Returns whether that
         is so (False: *timeout* passed). A running task's future is done
-        as soon as it is cancelled; this tells when its thread let go."""
+        as soon as it is cancelled; this tells when its thread let go.
+        When it returns True the future is done too, its outcome set."""
         with self._condition:
             self._xthread_watched = True
-            return self._condition.wait_for(
-                lambda: self._xthread_let_go, timeout)
+            return self._condition.wait_for(self._stopped_and_done, timeout)
+
+    def _stopped_and_done(self):
+        # Under the future's lock.
+        return self._xthread_let_go and self._state in _DONE
 
 
 def _result_or_cancel(future, timeout=None):
