@@ -274,6 +274,18 @@ thread_run(void *arg)
         thread_abandon(boot, "no memory for its thread state");
         return;
     }
+    /* Asked again: finalization may have begun since the look above. A
+     * thread state made once it has taken the other threads' states off
+     * the list (to stop them for good) is not among them: finalization
+     * frees it later, and this thread, attached meanwhile, would end it a
+     * second time (3.14t crashed so, 2% of runs of threads starting
+     * threads at exit). Made before, it is among them, and attaching
+     * stops this thread for good. Left alone here, it goes with the
+     * interpreter. */
+    if (Py_IsFinalizing()) {
+        thread_abandon(boot, NULL);
+        return;
+    }
 
     current_boot = boot;
     xthread_sanitizer_may_end_here();
