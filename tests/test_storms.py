@@ -20,6 +20,8 @@ import xthread
 from helpers import JOIN_TIMEOUT, assert_clean_exit, run_script
 
 STORM_S = 3.0
+# Stops sent at the least, whatever the time it takes.
+STORM_LEAST = 101
 
 
 class Stop(Exception):
@@ -36,6 +38,10 @@ class Storm:
         self.unexpected = []
         self.entered = [0] * workers
         self.left = [0] * workers
+        # Set by each worker inside its loop: a Stop sent before then
+        # would be raised as run() starts, outside the loop that catches
+        # it (start() returns before run() begins).
+        self.ready = [threading.Event() for _ in range(workers)]
         # Daemon: a worker stuck by a bug fails the test, not the exit.
         self.threads = [xthread.Thread(target=self._work, args=(i,),
                                        name=f"storm-{i}", daemon=True)
@@ -46,6 +52,7 @@ class Storm:
         # outer loop takes it up again.
         while True:
             try:
+                self.ready[i].set()
                 while not self.done.is_set():
                     try:
                         self.entered[i] += 1
@@ -70,10 +77,15 @@ class Storm:
             frame = frame.f_back
         return where
 
-    def _send(self, seed, deadline, counts):
+    def _send(self, seed, deadline, counts, least):
+        # For the storm's time, and on until `least` were sent: with the
+        # GIL off, on a loaded machine, a delivery can take milliseconds
+        # (arming stops the world), and the storm must still be one.
         rng = random.Random(seed)
         sent = 0
-        while time.monotonic() < deadline:
+        bound = time.monotonic() + JOIN_TIMEOUT
+        while ((time.monotonic() < deadline or sent < least)
+               and time.monotonic() < bound):
             rng.choice(self.threads).raise_exc(Stop)
             sent += 1
             if rng.random() < 0.5:
@@ -84,14 +96,18 @@ class Storm:
         """Sends from this thread and `senders - 1` more, all at once."""
         for t in self.threads:
             t.start()
+        for ready in self.ready:
+            assert ready.wait(JOIN_TIMEOUT), "a worker did not start"
         deadline = time.monotonic() + seconds
         counts = []
+        least = -(-STORM_LEAST // senders)
         others = [threading.Thread(target=self._send,
-                                   args=(seed, deadline, counts), daemon=True)
+                                   args=(seed, deadline, counts, least),
+                                   daemon=True)
                   for seed in range(2, senders + 1)]
         for t in others:
             t.start()
-        self._send(1, deadline, counts)
+        self._send(1, deadline, counts, least)
         for t in others:
             t.join(JOIN_TIMEOUT)
         assert not any(t.is_alive() for t in others), "a sender is stuck"
@@ -112,7 +128,7 @@ class Storm:
         # A Stop can land after `entered += 1` and before the try: at most
         # one entry per Stop sent may lack its exit.
         assert sum(self.left) <= sum(self.entered)
-        assert sent > 100
+        assert sent >= STORM_LEAST, "the senders could not send the storm"
         return sent
 
 
@@ -187,6 +203,63 @@ def test_storm_of_many_senders_leaves_no_arming_behind():
     Storm(body).run(senders=4)
     mon = sys.monitoring
     assert [mon.get_tool(tool) for tool in range(6)].count("xthread") == 0
+
+
+class Hit(Exception):
+    pass
+
+
+def test_senders_racing_into_one_scope_lose_and_double_nothing():
+    """Four threads send scoped exceptions into one open Scope at once.
+    The target holds a shield and takes them only in short unshielded
+    killable waits, so every delivery goes through the record's
+    held-back and queued paths while other senders change them. Each
+    raise_exc that returned True lands exactly once, before the block
+    ends: without the record's lock (GIL off), two senders overwrote
+    each other's pending exception or queue and one was lost."""
+    scope = xthread.Scope()
+    entered = threading.Event()
+    sending_done = threading.Event()
+    sent = []
+    received = []
+    per_sender = 500
+
+    def target():
+        import _xthread
+        with scope:
+            with xthread.shield():
+                entered.set()
+                deadline = time.monotonic() + JOIN_TIMEOUT
+                while time.monotonic() < deadline:
+                    try:
+                        _xthread._call_unshielded(
+                            lambda: xthread.sleep(0.002))
+                    except Hit:
+                        received.append(1)
+                    if sending_done.is_set() and len(received) >= sum(sent):
+                        break
+
+    t = xthread.Thread(target=target, daemon=True)
+    t.start()
+    assert entered.wait(JOIN_TIMEOUT)
+
+    def send():
+        n = 0
+        for _ in range(per_sender):
+            n += scope.raise_exc(Hit)
+        sent.append(n)
+
+    senders = [threading.Thread(target=send) for _ in range(4)]
+    for s in senders:
+        s.start()
+    for s in senders:
+        s.join(JOIN_TIMEOUT)
+    assert not any(s.is_alive() for s in senders), "a sender is stuck"
+    sending_done.set()
+    t.join(JOIN_TIMEOUT)
+    assert not t.is_alive(), "the target is stuck"
+    assert sum(sent) == 4 * per_sender      # the block was open throughout
+    assert len(received) == sum(sent)
 
 
 def test_storm_on_nested_time_limits_keeps_every_limit_working():

@@ -256,10 +256,11 @@ def lands_after_the_call(seconds=0.3):
 
 
 @pytest.mark.skipif(WAKES, reason="up to CPython 3.14")
-@pytest.mark.xfail(GIL_OFF, strict=True, reason=(
+@pytest.mark.xfail(GIL_OFF, strict=False, reason=(
     "known gap with the GIL off: the sender may not read the target's "
     "frames, so a thread in a C call arms itself only at its next jump, "
-    "call, return or yield, here after its try"))
+    "call, return or yield, here after its try (not strict: a stop that "
+    "comes before the call begins is answered at the call, and lands)"))
 def test_before_3_15_the_call_runs_to_its_end():
     """Nothing changes there: the exception lands when the call returns."""
     slept, exc = lands_after_the_call(0.3)

@@ -102,10 +102,11 @@ signal_clear(xthread_state *state)
 }
 
 /* Withdraws an exception sent through xthread that has not landed yet,
- * and whatever was armed for it. GIL held. */
+ * and whatever was armed for it. GIL held; takes the record's lock. */
 void
 record_withdraw(recordobject *rec)
 {
+    record_lock(rec);
     record_disarm(rec);
     if (rec->outstanding != NULL) {
         if (rec->plain) {
@@ -117,6 +118,7 @@ record_withdraw(recordobject *rec)
         Py_CLEAR(rec->outstanding);
     }
     rec->plain = 0;
+    record_unlock(rec);
 }
 
 /* Raises, in the calling thread and now, the exception sent to it (what
@@ -129,8 +131,10 @@ raise_outstanding(recordobject *rec)
     if (rec == NULL) {
         return NULL;    /* current_record() failed: its error is set */
     }
+    record_lock(rec);
     PyObject *exc = rec->outstanding;
     if (exc == NULL) {
+        record_unlock(rec);
         PyErr_SetString(PyExc_SystemError, "no exception was sent");
         return NULL;
     }
@@ -143,26 +147,30 @@ raise_outstanding(recordobject *rec)
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     Py_DECREF(exc);
     record_send_next(rec);
+    record_unlock(rec);
     return NULL;
 }
 
 
 /* Leaves one level of the calling thread's shields; at the outermost,
- * raises what was held back (returns -1 with it set). GIL held. */
+ * raises what was held back (returns -1 with it set). GIL held; takes
+ * the record's lock. */
 int
 record_shield_exit(recordobject *rec)
 {
+    int rc = 0;
+    record_lock(rec);
     if (--rec->shield_depth == 0 && rec->deferred != NULL) {
         PyObject *exc = rec->deferred;
         rec->deferred = NULL;
         rec->landed_at_us = monotonic_us();
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
         Py_DECREF(exc);
-        record_send_next(rec);
-        return -1;
+        rc = -1;
     }
     record_send_next(rec);
-    return 0;
+    record_unlock(rec);
+    return rc;
 }
 
 // Delivery: exceptions sent through xthread
@@ -200,6 +208,7 @@ carrier_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
         recordobject *rec = (recordobject *)rec_obj;
         unsigned long long token =
             PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(delivery, 2));
+        record_lock(rec);
         if (rec->outstanding != NULL && rec->outstanding_token == token) {
             record_disarm(rec);
             rec->plain = 0;
@@ -210,6 +219,7 @@ carrier_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
             }
             record_send_next(rec);
         }
+        record_unlock(rec);
     }
     Py_DECREF(delivery);
     return instance;
@@ -364,7 +374,7 @@ set_async(unsigned long ident, PyObject *carrier)
  * that the wait raised itself would leave every thread's eval breaker
  * signalled on 3.11, which livelocks a traced frame at its RESUME.
  * Returns 1 if the thread took it, 0 if no thread has the ident, -1 with
- * an exception set. GIL held. */
+ * an exception set. GIL held, and the record's lock. */
 static int
 record_send(xthread_state *state, recordobject *rec, PyObject *instance,
             PyObject *carrier, unsigned long long scope,
@@ -414,7 +424,8 @@ record_send(xthread_state *state, recordobject *rec, PyObject *instance,
     return n;
 }
 
-/* Removes the queued deliveries meant for `scope`. GIL held. */
+/* Removes the queued deliveries meant for `scope`. GIL held, and the
+ * record's lock. */
 void
 record_drop_queued(recordobject *rec, unsigned long long scope)
 {
@@ -435,13 +446,16 @@ static int record_in_scope(recordobject *rec, unsigned long long scope);
  * shield holds the thread: a thread holds one pending exception in the
  * interpreter, and a second one sent before the first lands would replace
  * it (an outer limit's exception caught by the inner limit's handler).
- * GIL held; runs in the target thread or a sender; keeps any exception
- * that is set, and reports its own failures as unraisable. */
+ * GIL held; runs in the target thread or a sender; takes the record's
+ * lock; keeps any exception that is set, and reports its own failures as
+ * unraisable. */
 void
 record_send_next(recordobject *rec)
 {
+    record_lock(rec);
     if (rec->queue == NULL || PyList_GET_SIZE(rec->queue) == 0
-        || rec->outstanding != NULL || rec->shield_depth > 0) {
+        || rec->outstanding != NULL || rec->shield_depth > 0 || rec->ended) {
+        record_unlock(rec);
         return;
     }
     PyObject *exc_type, *exc_value, *exc_tb;
@@ -470,9 +484,11 @@ record_send_next(recordobject *rec)
         Py_DECREF(item);
     }
     PyErr_Restore(exc_type, exc_value, exc_tb);
+    record_unlock(rec);
 }
 
-/* Queues a delivery behind the one outstanding or deferred. */
+/* Queues a delivery behind the one outstanding or deferred. Under the
+ * record's lock. */
 static int
 record_enqueue(recordobject *rec, PyObject *instance,
                unsigned long long scope, unsigned long long token)
@@ -518,13 +534,16 @@ record_in_scope(recordobject *rec, unsigned long long scope)
 static void
 hand_over_gil(xthread_state *state, recordobject *rec, int woken)
 {
-    if (record_semaphore(&rec->landed) < 0) {
+    record_lock(rec);       /* two senders may make it at once */
+    int made = record_semaphore(&rec->landed);
+    record_unlock(rec);
+    if (made < 0) {
         PyErr_Clear();      /* no hand-over, no harm */
         return;
     }
     /* Drop a stale post of an earlier delivery first. */
     sem_wait_for(rec->landed, &rec->landed_posted, 0, 0);
-    if (rec->outstanding == NULL) {
+    if (!record_has_outstanding(rec)) {
         return;
     }
     if (woken) {
@@ -564,6 +583,7 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
     landing_load(state);
     PyObject *result = NULL, *carrier = NULL;
     recordobject *rec = NULL;
+    int locked = 0;
     if (signal_clear(state) < 0) {
         goto done;
     }
@@ -576,12 +596,18 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
     if (carrier == NULL) {
         goto done;
     }
-    /* From here to set_async no Python code runs: the checks and the
-     * delivery are one step under the GIL. The thread found first has a
-     * record now, so the same thread is found with the same record. */
+    /* From here to set_async the checks and the delivery are one step:
+     * under the GIL (no Python code runs on the way) and under the
+     * record's lock (held to the end but for the hand-over). The thread
+     * found first has a record now, so the same thread is found with the
+     * same record. */
+    if (rec != NULL) {
+        record_lock(rec);
+        locked = 1;
+    }
     recordobject *now = registry_record(state, ident, 0);
     Py_XDECREF(now);        /* compared by identity only */
-    if (rec != now
+    if (rec != now || (rec != NULL && rec->ended)
         || (generation != 0 && (rec == NULL || rec->generation != generation))
         || (scope != 0 && (rec == NULL || !record_in_scope(rec, scope)))) {
         result = Py_NewRef(Py_False);
@@ -660,6 +686,8 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
         }
         else {
             int woken = wake_thread(state, ident, rec);
+            record_unlock(rec);     /* the thread takes it to land */
+            locked = 0;
             if (handoff) {
                 hand_over_gil(state, rec, woken);
             }
@@ -670,6 +698,9 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
     }
     result = PyBool_FromLong(n == 1);
 done:
+    if (locked) {
+        record_unlock(rec);
+    }
     Py_XDECREF(carrier);
     Py_XDECREF(rec);
     Py_DECREF(instance);
@@ -752,13 +783,14 @@ xthread_nudge(PyObject *module, PyObject *args, PyObject *kwds)
     if (rec == NULL) {
         Py_RETURN_FALSE;
     }
-    if (rec->outstanding == NULL
-        || (generation != 0 && rec->generation != generation)
-        || (scope != 0 && rec->outstanding_scope != scope)) {
-        Py_DECREF(rec);
-        Py_RETURN_FALSE;
+    record_lock(rec);
+    int woken = 0;
+    if (rec->outstanding != NULL
+        && (generation == 0 || rec->generation == generation)
+        && (scope == 0 || rec->outstanding_scope == scope)) {
+        woken = wake_thread(state, ident, rec);
     }
-    int woken = wake_thread(state, ident, rec);
+    record_unlock(rec);
     Py_DECREF(rec);
     return PyBool_FromLong(woken);
 }

@@ -71,7 +71,7 @@ landing_here(xthread_state *state, recordobject *rec, PyObject *code,
          * dropped; what is still outstanding stays armed. */
         return -1;
     }
-    if (rec->outstanding == NULL) {
+    if (!record_has_outstanding(rec)) {
         return 0;       /* withdrawn meanwhile: nothing to raise */
     }
     if (verdict == VERDICT_NEXT) {
@@ -714,6 +714,9 @@ frames_readable(void)
     if (!XTHREAD_SELF_ARM) {
         return 1;
     }
+    /* Keeps an exception that is set: its own failure only says no. */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
     PyObject *is_on = PySys_GetObject("_is_gil_enabled");      /* borrowed */
     PyObject *r = is_on != NULL ? PyObject_CallNoArgs(is_on) : NULL;
     int on = r != NULL ? PyObject_IsTrue(r) : 0;
@@ -722,6 +725,7 @@ frames_readable(void)
         PyErr_Clear();
         on = 0;
     }
+    PyErr_Restore(et, ev, tb);
     return on;
 }
 
@@ -839,9 +843,18 @@ landing_on_instruction(PyObject *module, PyObject *const *args,
     xthread_state *state = get_xthread_state(module);
     recordobject *rec = current_record_if_any(state);
     if (rec == NULL || !rec->armed || rec->outstanding == NULL || nargs < 2) {
+        Py_RETURN_NONE;     /* (looked again under the lock below) */
+    }
+    if (ft_lock_held(&state->landing_lock)) {
+        /* Python code run by the arming itself (an unraisable hook):
+         * never a landing point, and the record's lock, which a sender
+         * may hold while it waits for the landing lock, must not be
+         * taken here. */
         Py_RETURN_NONE;
     }
-    if (rec->plain) {
+    record_lock(rec);
+    int pending = rec->outstanding != NULL;
+    if (pending && rec->plain) {
         /* This thread runs bytecode again: withdraw the plain copy sent to
          * reach it inside a call (wake_thread, kill's overdue fallback).
          * Left pending, it would be raised at the start of the verdict's
@@ -850,6 +863,10 @@ landing_on_instruction(PyObject *module, PyObject *const *args,
          * withdrawal clears the eval breaker's signal too.) */
         PyThreadState_SetAsyncExc(rec->ident, NULL);
         rec->plain = 0;
+    }
+    record_unlock(rec);
+    if (!pending) {
+        Py_RETURN_NONE;
     }
     Py_INCREF(rec);
     int here = landing_here(state, rec, args[0], args[1]);

@@ -286,7 +286,7 @@ lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
     park_begin(rec);
     waiter w = {.next = NULL, .rec = rec, .granted = 0};
     wait_status status;
-    if (rec->outstanding != NULL) {
+    if (record_has_outstanding(rec)) {
         status = WAIT_INTERRUPTED;
         goto done;
     }
@@ -313,7 +313,7 @@ lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
             status = WAIT_ERROR;
             break;
         }
-        if (rec->outstanding != NULL) {
+        if (record_has_outstanding(rec)) {
             status = WAIT_INTERRUPTED;
             break;
         }
@@ -348,7 +348,7 @@ park_for(xthread_state *state, long long timeout_us)
     wait_status status = WAIT_TIMEOUT;
     Py_INCREF(rec);         /* as in lock_core_acquire */
     park_begin(rec);
-    while (rec->outstanding == NULL) {
+    while (!record_has_outstanding(rec)) {
         long long left = time_left(deadline);
         if (deadline != 0 && left == 0) {
             break;
@@ -359,7 +359,7 @@ park_for(xthread_state *state, long long timeout_us)
             break;
         }
     }
-    if (status != WAIT_ERROR && rec->outstanding != NULL) {
+    if (status != WAIT_ERROR && record_has_outstanding(rec)) {
         status = WAIT_INTERRUPTED;
     }
     rec->parked--;

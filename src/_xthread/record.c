@@ -133,6 +133,14 @@ ft_lock_acquire(xthread_ft_lock *lock)
     lock->depth = 1;
 }
 
+int
+ft_lock_held(xthread_ft_lock *lock)
+{
+    return XTHREAD_FREE_THREADED
+           && atomic_load_explicit(&lock->owner, memory_order_relaxed)
+              == PyThread_get_thread_ident();
+}
+
 void
 ft_lock_release(xthread_ft_lock *lock)
 {
@@ -374,6 +382,7 @@ record_new(xthread_state *state, unsigned long long generation)
         return NULL;
     }
     entry_init(&rec->own, generation);
+    ft_lock_init(&rec->lock);
     rec->ident = 0;
     rec->generation = generation;
     rec->parked = 0;
@@ -394,6 +403,7 @@ record_new(xthread_state *state, unsigned long long generation)
     rec->plain = 0;
     rec->armed_objs = NULL;
     rec->unguarded = 0;
+    rec->ended = 0;
     /* Made on first use (record_semaphore): most threads never park nor
      * are sent anything, and thread start should not pay for them. */
     rec->park = NULL;
@@ -501,18 +511,49 @@ record_get_parked(recordobject *rec, void *Py_UNUSED(closure))
     return PyBool_FromLong(atomic_load(&rec->parked) > 0);
 }
 
+void
+record_end(recordobject *rec)
+{
+    /* At exit, whoever clears a daemon thread's state must not wait for
+     * its lock: the daemon may have been stopped for good holding it.
+     * No sender delivers then (the other threads are stopped too). */
+    if (Py_IsFinalizing() && rec->ident != PyThread_get_thread_ident()) {
+        atomic_store(&rec->ended, 1);
+    }
+    else {
+        record_lock(rec);
+        atomic_store(&rec->ended, 1);
+        record_unlock(rec);
+    }
+    record_disarm(rec);
+}
+
+int
+record_has_outstanding(recordobject *rec)
+{
+    record_lock(rec);
+    int has = rec->outstanding != NULL;
+    record_unlock(rec);
+    return has;
+}
+
 static PyObject *
 record_get_shield_depth(recordobject *rec, void *Py_UNUSED(closure))
 {
-    return PyLong_FromLong(rec->shield_depth);
+    record_lock(rec);
+    int depth = rec->shield_depth;
+    record_unlock(rec);
+    return PyLong_FromLong(depth);
 }
 
 static PyObject *
 record_get_pending(recordobject *rec, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(rec->outstanding != NULL || rec->deferred != NULL
-                           || (rec->queue != NULL
-                               && PyList_GET_SIZE(rec->queue) > 0));
+    record_lock(rec);
+    int pending = rec->outstanding != NULL || rec->deferred != NULL
+                  || (rec->queue != NULL && PyList_GET_SIZE(rec->queue) > 0);
+    record_unlock(rec);
+    return PyBool_FromLong(pending);
 }
 
 static PyObject *
@@ -571,7 +612,7 @@ record_capsule_destructor(PyObject *capsule)
         PyErr_Clear();
         return;
     }
-    record_disarm(rec);
+    record_end(rec);
     registry_unlink(&rec->own);
     Py_DECREF(rec);
 }

@@ -26,6 +26,40 @@ PyThread_type_lock fork_safe_mutex(PyThread_type_lock *mutex, atomic_int *pid,
 void ft_lock_init(xthread_ft_lock *lock);
 void ft_lock_acquire(xthread_ft_lock *lock);
 void ft_lock_release(xthread_ft_lock *lock);
+/* Whether the calling thread holds it (never, on a GIL build). */
+int ft_lock_held(xthread_ft_lock *lock);
+
+/* The record's lock (xthread.h, recordobject): taken by the thread and
+ * by its senders around each read-decide-write of the delivery state.
+ * Order: a record's lock before the landing lock and the registry's
+ * mutex, never the other way; two records' locks are never held at once
+ * by xthread's own code. Held across calls into the interpreter that may
+ * run Python code (a carrier is made, arming calls sys.monitoring, an
+ * unraisable is reported), never across a wait of xthread's own. */
+static inline void
+record_lock(recordobject *rec)
+{
+    ft_lock_acquire(&rec->lock);
+}
+
+static inline void
+record_unlock(recordobject *rec)
+{
+    ft_lock_release(&rec->lock);
+}
+
+/* Whether an exception sent through xthread waits to land in the thread
+ * of `rec`: read under its lock, so that what a sender stores only for a
+ * moment (an arming that failed, then sent plain) is never seen. */
+int record_has_outstanding(recordobject *rec);
+/* In the thread of `rec`, as it ends, before its thread state is
+ * cleared (or in whoever clears it at exit): no sender delivers to it
+ * from here on. A sender hands the interpreter an exception under the
+ * record's lock, so none is doing so once this has taken it, while the
+ * thread state still exists (CPython writes it after it has let go of
+ * its own list lock, so a thread state freed meanwhile would be written
+ * to). Disarms too. */
+void record_end(recordobject *rec);
 
 /* The registry: a hash table of entries by ident, under its own mutex.
  * registry_mutex may be taken without the GIL (thread_abandon,

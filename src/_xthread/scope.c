@@ -11,26 +11,30 @@
 static unsigned long long
 record_scope_push(xthread_state *state, recordobject *rec, const void *owner)
 {
+    unsigned long long token = new_token(state);
+    /* Senders read the scopes (record_in_scope) under the lock. */
+    record_lock(rec);
     if (rec->nscopes == rec->scopes_cap) {
         Py_ssize_t cap = rec->scopes_cap ? rec->scopes_cap * 2 : 4;
         scope_entry *grown = PyMem_RawRealloc(
             rec->scopes, (size_t)cap * sizeof(scope_entry));
         if (grown == NULL) {
+            record_unlock(rec);
             PyErr_NoMemory();
             return 0;
         }
         rec->scopes = grown;
         rec->scopes_cap = cap;
     }
-    unsigned long long token = new_token(state);
     rec->scopes[rec->nscopes].token = token;
     rec->scopes[rec->nscopes].owner = owner;
     rec->nscopes++;
+    record_unlock(rec);
     return token;
 }
 
 /* The token of the innermost scope that `owner` opened in this thread,
- * or 0. */
+ * or 0. In the thread itself, the only writer of its scopes: no lock. */
 static unsigned long long
 record_scope_owned(recordobject *rec, const void *owner)
 {
@@ -43,10 +47,11 @@ record_scope_owned(recordobject *rec, const void *owner)
 }
 
 /* Closes a scope: what was sent for it and has not landed never will.
- * GIL held; keeps any exception that is set. */
+ * GIL held; takes the record's lock; keeps any exception that is set. */
 static void
 record_scope_close(recordobject *rec, unsigned long long scope)
 {
+    record_lock(rec);
     for (Py_ssize_t i = rec->nscopes - 1; i >= 0; i--) {
         if (rec->scopes[i].token == scope) {
             memmove(&rec->scopes[i], &rec->scopes[i + 1],
@@ -63,6 +68,7 @@ record_scope_close(recordobject *rec, unsigned long long scope)
         record_withdraw(rec);
         record_send_next(rec);
     }
+    record_unlock(rec);
 }
 
 static PyObject *
@@ -92,15 +98,13 @@ xthread_scope_exit(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-xthread_shield_enter(PyObject *module, PyObject *Py_UNUSED(ignored))
+/* Enters one level of the calling thread's shields. What was sent just
+ * before and has not landed yet is held back too. */
+static void
+record_shield_enter(recordobject *rec)
 {
-    recordobject *rec = current_record(get_xthread_state(module));
-    if (rec == NULL) {
-        return NULL;
-    }
+    record_lock(rec);
     rec->shield_depth++;
-    /* Sent just before the shield and not landed yet: hold it back too. */
     if (rec->outstanding != NULL) {
         if (rec->deferred == NULL) {
             rec->deferred = Py_NewRef(rec->outstanding);
@@ -108,6 +112,17 @@ xthread_shield_enter(PyObject *module, PyObject *Py_UNUSED(ignored))
         }
         record_withdraw(rec);
     }
+    record_unlock(rec);
+}
+
+static PyObject *
+xthread_shield_enter(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    recordobject *rec = current_record(get_xthread_state(module));
+    if (rec == NULL) {
+        return NULL;
+    }
+    record_shield_enter(rec);
     Py_RETURN_NONE;
 }
 
@@ -118,7 +133,10 @@ xthread_shield_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
     if (rec == NULL) {
         return NULL;
     }
-    if (rec->shield_depth <= 0) {
+    record_lock(rec);
+    int depth = rec->shield_depth;
+    record_unlock(rec);
+    if (depth <= 0) {
         PyErr_SetString(PyExc_RuntimeError, "shield exited more than entered");
         return NULL;
     }
@@ -166,34 +184,36 @@ xthread_call_unshielded(PyObject *module, PyObject *func)
         if (rec == NULL) {
             return NULL;
         }
+        record_lock(rec);
         if (rec->shield_depth < 1) {
+            record_unlock(rec);
             PyErr_SetString(PyExc_RuntimeError,
                             "_call_unshielded needs a shield");
             return NULL;
         }
         Py_INCREF(rec);
-        if (--rec->shield_depth > 0) {
-            res = PyObject_CallNoArgs(func);
-        }
-        else if (rec->deferred != NULL) {
-            PyObject *exc = rec->deferred;
+        PyObject *held = NULL;
+        if (--rec->shield_depth == 0 && rec->deferred != NULL) {
+            held = rec->deferred;
             rec->deferred = NULL;
             rec->landed_at_us = monotonic_us();
-            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-            Py_DECREF(exc);
+        }
+        else if (rec->shield_depth == 0) {
+            /* What was queued behind an earlier held-back exception goes
+             * now, to land in func (a killable wait raises it at once);
+             * else it would wait for some later delivery to land. */
+            record_send_next(rec);
+        }
+        record_unlock(rec);
+        if (held != NULL) {
+            PyErr_SetObject((PyObject *)Py_TYPE(held), held);
+            Py_DECREF(held);
         }
         else {
             res = PyObject_CallNoArgs(func);
         }
     }
-    rec->shield_depth++;
-    if (rec->outstanding != NULL) {
-        if (rec->deferred == NULL) {
-            rec->deferred = Py_NewRef(rec->outstanding);
-            rec->deferred_scope = rec->outstanding_scope;
-        }
-        record_withdraw(rec);
-    }
+    record_shield_enter(rec);
     Py_DECREF(rec);
     return res;
 }

@@ -314,11 +314,15 @@ thread_run(void *arg)
     atomic_fetch_sub(xthread_count_ref(boot->state), 1);
     /* Ended: no longer findable, and no longer the owner of its record
      * (which lives on while a caller of _find_record holds it). */
-    if (boot->entry.record != NULL) {
-        record_disarm(boot->entry.record);
-    }
     registry_unlink(&boot->entry);
-    Py_CLEAR(boot->entry.record);
+    /* Unlinked: no sender finds the entry now, nor attaches a record to
+     * it, so its record is this thread's alone to take. */
+    recordobject *rec = boot->entry.record;
+    boot->entry.record = NULL;
+    if (rec != NULL) {
+        record_end(rec);
+        Py_DECREF(rec);
+    }
     Py_CLEAR(boot->module);
 
     PyThreadState_Clear(tstate);

@@ -207,14 +207,15 @@ plain_would_split(xthread_state *state, PyThreadState *tstate)
  * that the interpreter holds `rec`'s outstanding exception for it (plain)
  * when there is a record; with none, the caller has sent it plain. Returns
  * 1 when a signal was sent, else 0; never fails (its errors are cleared:
- * the delivery stands, it only lands when the call returns). GIL held. */
+ * the delivery stands, it only lands when the call returns). GIL held,
+ * and the record's lock when there is a record. */
 int
 wake_thread(xthread_state *state, unsigned long ident, recordobject *rec)
 {
     if (!XTHREAD_SIGNAL_WAKES) {
         return 0;
     }
-    if (rec != NULL && (rec->outstanding == NULL || rec->parked
+    if (rec != NULL && (rec->ended || rec->outstanding == NULL || rec->parked
                         || rec->shield_depth > 0 || rec->judging)) {
         return 0;
     }
@@ -265,7 +266,7 @@ static int
 wake_landed(unsigned long ident, recordobject *rec)
 {
     if (rec != NULL) {
-        return rec->outstanding == NULL;
+        return !record_has_outstanding(rec);
     }
     PyThreadState *tstate = find_tstate(ident);
     return tstate == NULL || tstate->async_exc == NULL;
@@ -297,7 +298,14 @@ wake_until_landed(xthread_state *state, unsigned long ident,
         if (wake_landed(ident, rec)) {
             return 1;
         }
-        if (!wake_thread(state, ident, rec)) {
+        if (rec != NULL) {
+            record_lock(rec);
+        }
+        int woken = wake_thread(state, ident, rec);
+        if (rec != NULL) {
+            record_unlock(rec);
+        }
+        if (!woken) {
             return 0;   /* out of its call, or no signal to send */
         }
     }

@@ -200,8 +200,17 @@ monotonic_us(void)
  * its own state dict (through a capsule, so the record goes when the
  * thread state is cleared), while the record's own entry, which the
  * registry holds, names it borrowed: that entry leaves the registry
- * before the record is freed. Fields other than the entry's links are
- * read and written with the GIL held. */
+ * before the record is freed.
+ *
+ * The delivery state (outstanding, deferred, queue, scopes, shield depth,
+ * plain, the send and landing times) is read and written under the
+ * record's `lock` (record_lock in record.h), by the thread and by its
+ * senders: each decision (is it in the scope, shielded, is one pending
+ * already) and the change it makes are one step under it. The GIL makes
+ * them so on a GIL build, where the lock is nothing. Once a sender has
+ * stored `outstanding` and let the lock go, only the thread itself takes
+ * it away (it lands, is withdrawn, or its scope closes): a thread that
+ * has seen it under the lock may raise it. */
 /* A delivery scope open in a thread, and the object that opened it (for
  * identity only: a Scoped finds its own innermost scope in this thread). */
 typedef struct {
@@ -212,6 +221,7 @@ typedef struct {
 typedef struct recordobject {
     PyObject_HEAD
     reg_entry own;              /* a thread not started by _xthread */
+    xthread_ft_lock lock;       /* the delivery state's (see above) */
     unsigned long ident;
     unsigned long long generation;
     PyThread_type_lock park;    /* posted to wake the thread from a wait */
@@ -260,11 +270,13 @@ typedef struct recordobject {
      * meanwhile (wake_thread, kill's fallback): it would land inside that
      * code and be lost there. The thread runs bytecode, so the armed
      * delivery reaches it anyway. */
-    int judging;
+    atomic_int judging;         /* the thread's own; senders read it */
     PyObject *armed_objs;
     /* The last exception went by plain delivery on a version where a
      * frame's handlers may then be skipped. */
     int unguarded;
+    /* The thread is ending (record_end): senders leave it alone. */
+    atomic_int ended;
 } recordobject;
 
 #endif /* XTHREAD_H */
