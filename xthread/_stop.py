@@ -352,9 +352,15 @@ class _Watchdog:
             left = wake_at - _monotonic()
             early = _sys.getswitchinterval() if _gil_enabled() else 0.0
             if left > early:
-                self._wake.acquire(True, min(left - early, _MAX_WAIT_S))
+                # At most _LINGER_S: cancel() does not poke this thread, so
+                # a limit that was live when it last looked and is closed
+                # now is noticed at the latest then, and an idle watchdog
+                # ends (it waited for the cancelled deadline, an hour say,
+                # when the block ended while it looked: often with the GIL
+                # off, rarely with it).
+                self._wake.acquire(True, min(left - early, _LINGER_S))
                 # Poked (a new earlier deadline), or one interval before
-                # this one: look again.
+                # this one, or time to look again.
                 continue
             if left > _SPIN_S:
                 self._wake.acquire(True, min(left, _MAX_WAIT_S))
