@@ -733,6 +733,41 @@ exc_is(PyObject *type, PyObject *cls)
            && PyType_IsSubtype((PyTypeObject *)type, (PyTypeObject *)cls);
 }
 
+/* _handling where no GIL keeps the target still (XTHREAD_SELF_ARM with
+ * the GIL off): its exception chain lives in its own frames, freed under
+ * a reader. sys._current_exceptions() reads it with the world stopped,
+ * but gives only the innermost exception each thread handles: a thread
+ * raising one, or handling one beneath another handler, is not seen. */
+static PyObject *
+handling_innermost(unsigned long ident, PyObject *cls)
+{
+    PyObject *fn = PySys_GetObject("_current_exceptions");     /* borrowed */
+    if (fn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "sys._current_exceptions is missing");
+        return NULL;
+    }
+    PyObject *current = PyObject_CallNoArgs(fn);
+    if (current == NULL) {
+        return NULL;
+    }
+    PyObject *key = PyLong_FromUnsignedLong(ident);
+    if (key == NULL) {
+        Py_DECREF(current);
+        return NULL;
+    }
+    PyObject *exc = PyDict_Check(current)
+                    ? PyDict_GetItemWithError(current, key) : NULL;
+    Py_DECREF(key);
+    int found = exc != NULL && exc != Py_None
+                && exc_is((PyObject *)Py_TYPE(exc), cls);
+    Py_DECREF(current);     /* after the last use of its borrowed item */
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyBool_FromLong(found);
+}
+
 static PyObject *
 xthread_handling(PyObject *module, PyObject *args)
 {
@@ -746,6 +781,9 @@ xthread_handling(PyObject *module, PyObject *args)
         return NULL;
     }
     (void)module;
+    if (!frames_readable()) {
+        return handling_innermost(ident, cls);
+    }
     PyThreadState *tstate = find_tstate(ident);
     if (tstate == NULL) {
         Py_RETURN_FALSE;
