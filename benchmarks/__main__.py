@@ -284,7 +284,7 @@ def report(results):
             verdict = ""
         elif target[0] == "ratio":
             ok = ratio <= target[1]
-            verdict = "target ratio <= %.1f: %s" % (
+            verdict = "target ratio <= %g: %s" % (
                 target[1], "ok" if ok else "MISSED")
         else:
             ok = x <= target[1]

@@ -85,6 +85,53 @@ def kill_spinning_busy_caller():
     return {"stdlib+ctypes": stdlib, "xthread": xthread_}
 
 
+BUSY_THREADS = 2
+
+
+def kill_spinning_others_busy():
+    """kill() of a thread spinning in Python while BUSY_THREADS more run
+    Python all along (plain threading threads, never stopped): what the
+    others cost the stop. With a GIL they share it with the target; on a
+    free-threaded build with the GIL off they run beside it."""
+    def with_busy(kill_one):
+        def run(loops):
+            stop = threading.Event()
+            ready = [threading.Event() for _ in range(BUSY_THREADS)]
+
+            def busy(ready):
+                ready.set()
+                x = 0
+                while not stop.is_set():
+                    x += 1
+            others = [threading.Thread(target=busy, args=(r,), daemon=True)
+                      for r in ready]
+            for t in others:
+                t.start()
+            for r in ready:
+                r.wait(10)
+            try:
+                return sum(kill_one() for _ in range(loops)) / loops
+            finally:
+                stop.set()
+                for t in others:
+                    t.join(10)
+        return run
+
+    def stdlib():
+        t = _start_spinner(threading.Thread)
+        t0 = time.perf_counter()
+        _ctypes_raise(t.ident, SystemExit)
+        t.join()
+        return time.perf_counter() - t0
+
+    def xthread_():
+        t = _start_spinner(xthread.Thread)
+        t0 = time.perf_counter()
+        t.kill()
+        return time.perf_counter() - t0
+    return {"stdlib+ctypes": with_busy(stdlib), "xthread": with_busy(xthread_)}
+
+
 # Waits of WAIT_S seconds: a stdlib thread ends only when its wait does.
 WAIT_S = 0.05
 
@@ -255,6 +302,8 @@ WORKLOADS = [
     ("kill spinning, caller waits", kill_spinning_blocking, 1, None),
     ("kill spinning, caller busy", kill_spinning_busy_caller, 1,
      ("max", 0.5e-3)),
+    ("kill spinning, %d other threads busy" % BUSY_THREADS,
+     kill_spinning_others_busy, 1, None),
 ] + [
     ("kill in %s (%g s)" % (w, WAIT_S), (lambda w=w: kill_in_wait(w)), 1,
      ("max", 5e-3))
