@@ -241,14 +241,28 @@ at_teardown(lambda: None, hold=0.6)
 def test_main_thread_waits_on_sentinel_in_teardown():
     """The main thread joins an _xthread thread while finalizing: the
     thread cannot run any more, so the join may time out; it must neither
-    hang nor crash."""
+    hang nor crash. The thread waits on an _xthread lock, parked before
+    exit begins: a threading.Event's wait holds the Event's own lock for
+    a moment, and with the GIL off finalization could stop the thread
+    for good right then, so that set() at teardown waited for ever."""
     out, err = run("""
-go = threading.Event()
-ident, sentinel, _ = _xthread._start_joinable_thread(go.wait, (60,))
+gate = _xthread.allocate_lock()
+gate.acquire()
+ident, sentinel, _ = _xthread._start_joinable_thread(gate.acquire,
+                                                     (True, 60))
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    record = _xthread._find_record(ident)
+    if record is not None and record.parked:
+        break
+    time.sleep(0.001)
+else:
+    raise AssertionError("the thread never parked")
+del record
 say("ready")
 
-def join(go=go, sentinel=sentinel, say=say):
-    go.set()
+def join(gate=gate, sentinel=sentinel, say=say):
+    gate.release()
     say("joined=%s" % sentinel.acquire(timeout=0.5))
 
 at_teardown(join, hold=0)
