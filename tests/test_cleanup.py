@@ -30,7 +30,7 @@ import pytest
 import _xthread
 import xthread
 
-from helpers import JOIN_TIMEOUT, join_or_fail
+from helpers import GIL_OFF, JOIN_TIMEOUT, join_or_fail
 
 TRIALS = 100
 PLAIN_TRIALS = 20
@@ -490,7 +490,15 @@ def test_plain_delivery_skips_cleanup_as_recorded(shape):
     where = f"CPython {sys.version.split()[0]} skipped {shape.__name__}'s " \
             f"handlers in {n} of {PLAIN_TRIALS} trials"
     fix = "Update _SKIPS, the README and XTHREAD_LANDING in compat.h"
-    if expected == ALL:
+    if expected == ALL and GIL_OFF:
+        # With the GIL off the sender does not wait for a switch: it can
+        # catch the worker on its way into the loop (at the call of range()
+        # inside the try), where the handlers run. Most trials still land
+        # in the loop itself.
+        assert n > 0, (
+            f"{where}; recorded as always (most, with the GIL off). Has "
+            f"CPython fixed it? {fix}")
+    elif expected == ALL:
         assert n == PLAIN_TRIALS, (
             f"{where}; recorded as always. Has CPython fixed it? {fix}")
     elif expected is None:
