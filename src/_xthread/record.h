@@ -39,13 +39,17 @@ int ft_lock_held(xthread_ft_lock *lock);
 static inline void
 record_lock(recordobject *rec)
 {
-    ft_lock_acquire(&rec->lock);
+    if (XTHREAD_FREE_THREADED) {    /* no call at all on a GIL build */
+        ft_lock_acquire(&rec->lock);
+    }
 }
 
 static inline void
 record_unlock(recordobject *rec)
 {
-    ft_lock_release(&rec->lock);
+    if (XTHREAD_FREE_THREADED) {
+        ft_lock_release(&rec->lock);
+    }
 }
 
 /* Whether an exception sent through xthread waits to land in the thread

@@ -133,10 +133,10 @@ xthread_shield_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
     if (rec == NULL) {
         return NULL;
     }
-    record_lock(rec);
-    int depth = rec->shield_depth;
-    record_unlock(rec);
-    if (depth <= 0) {
+    /* Only the thread itself changes its depth once its record is made
+     * (the record was published under the registry's mutex): its own
+     * read needs no lock. */
+    if (rec->shield_depth <= 0) {
         PyErr_SetString(PyExc_RuntimeError, "shield exited more than entered");
         return NULL;
     }
