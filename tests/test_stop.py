@@ -1865,3 +1865,78 @@ def test_kill_lets_the_killed_thread_finish_its_cleanup(threads, cleanup):
     assert result.ended, result
     assert done == [True]
     assert result.attempts == 1
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.monitoring is 3.12+")
+def test_a_failed_arming_is_reported_with_no_lock_held():
+    # Arming a delivery asks sys.monitoring; when that fails the failure is
+    # reported to sys.unraisablehook, and the delivery is sent plain. The
+    # hook is Python code and may wait: it must not run while the sender
+    # holds the target's locks, or another sender to that thread (here,
+    # from the hook) waits for it. Free-threaded builds have such locks.
+    rc, out, err = run_script("""
+        import sys, threading
+        import xthread
+
+        mon = sys.monitoring
+        real = {name: getattr(mon, name)
+                for name in ("set_events", "set_local_events")}
+        failed = []
+
+        def failing(name):
+            def call(*args):
+                if not failed:
+                    failed.append(name)
+                    raise RuntimeError("monitoring refused")
+                return real[name](*args)
+            return call
+
+        class Stop(Exception):
+            pass
+
+        class Other(Exception):
+            pass
+
+        ready = threading.Event()
+        done = threading.Event()
+        caught = []
+
+        def spin():
+            ready.set()
+            while not done.is_set():
+                try:
+                    while not done.is_set():
+                        pass
+                except (Stop, Other) as exc:
+                    caught.append(type(exc).__name__)
+
+        reports = []
+
+        def hook(args):
+            # Another sender to the same thread, while the hook runs.
+            sent = threading.Event()
+            helper = threading.Thread(
+                target=lambda: (t.raise_exc(Other()), sent.set()))
+            helper.start()
+            reports.append((repr(args.exc_value), sent.wait(10)))
+            helper.join(30)
+
+        t = xthread.Thread(target=spin)
+        t.start()
+        assert ready.wait(30)
+        sys.unraisablehook = hook
+        for name in real:
+            setattr(mon, name, failing(name))
+        try:
+            t.raise_exc(Stop())
+        finally:
+            for name, fn in real.items():
+                setattr(mon, name, fn)
+        done.set()
+        t.join(30)
+        print(bool(failed), reports, t.is_alive())
+    """)
+    assert_clean_exit(rc, out, err)
+    assert out.strip() == (
+        "True [(\"RuntimeError('monitoring refused')\", True)] False"), (
+        out, err)

@@ -395,7 +395,7 @@ record_send(xthread_state *state, recordobject *rec, PyObject *instance,
             return 1;
         }
         if (armed < 0) {
-            PyErr_WriteUnraisable(instance);
+            xthread_unraisable(instance);
         }
         if (rec->outstanding == NULL || rec->outstanding_token != token) {
             return 1;       /* landed (or withdrawn) while arming */
@@ -476,7 +476,7 @@ record_send_next(recordobject *rec)
         int n = state != NULL
                 ? record_send(state, rec, instance, NULL, scope, token) : -1;
         if (n < 0) {
-            PyErr_WriteUnraisable(instance);
+            xthread_unraisable(instance);
         }
         else if (n == 1 && record_parked(rec)) {
             unpark(rec);
@@ -639,7 +639,7 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
          * other (same token). Marked unguarded: plain delivery was used. */
         if (scope == 0 && rec->armed) {
             if (record_arm(state, rec) < 0) {
-                PyErr_WriteUnraisable(instance);
+                xthread_unraisable(instance);
             }
             record_arm_settle(state, rec);
             /* Not where the target arms itself: whether a plain copy
@@ -653,7 +653,7 @@ xthread_deliver(PyObject *module, PyObject *args, PyObject *kwds)
                 PyObject *plain = make_carrier(rec->outstanding, rec,
                                                rec->outstanding_token);
                 if (plain == NULL) {
-                    PyErr_WriteUnraisable(instance);
+                    xthread_unraisable(instance);
                 }
                 else {
                     int taken = set_async(rec->ident, plain);

@@ -185,7 +185,7 @@ landing_publish(xthread_state *state, PyObject *mod)
 
 failed:
     /* Plain delivery from now on; say why once. */
-    PyErr_WriteUnraisable(NULL);
+    xthread_unraisable(NULL);
     atomic_store(&state->landing_failed, 1);
     return 0;
 }
@@ -280,7 +280,7 @@ mon_release(xthread_state *state)
         Py_XDECREF(r);
     }
     if (r == NULL) {
-        PyErr_WriteUnraisable(state->monitoring);
+        xthread_unraisable(state->monitoring);
     }
     PyErr_Restore(et, ev, tb);
 }
@@ -471,7 +471,7 @@ landing_trace(PyObject *obj, PyFrameObject *frame, int what,
         if (PyObject_SetAttrString((PyObject *)frame, "f_trace_opcodes",
                                    Py_True) < 0
             || PyList_Append(rec->armed_objs, (PyObject *)frame) < 0) {
-            PyErr_WriteUnraisable((PyObject *)rec);
+            xthread_unraisable((PyObject *)rec);
         }
     }
     else if (what == PyTrace_CALL) {
@@ -683,7 +683,7 @@ arm_request_done(xthread_state *state, recordobject *rec)
                                       state->ev_py_start
                                       | state->ev_py_resume);
     if (r == NULL) {
-        PyErr_WriteUnraisable(state->monitoring);
+        xthread_unraisable(state->monitoring);
     }
     Py_XDECREF(r);
     PyErr_Restore(et, ev, tb);
@@ -699,7 +699,7 @@ arm_self(xthread_state *state, recordobject *rec)
     if (rec->armed && rec->outstanding != NULL && state->mon_tool >= 0
         && for_each_frame(state, rec, PyThreadState_Get(),
                           mon_arm_frame) < 0) {
-        PyErr_WriteUnraisable((PyObject *)rec);
+        xthread_unraisable((PyObject *)rec);
     }
 }
 
@@ -807,7 +807,7 @@ record_disarm_locked(xthread_state *state, recordobject *rec)
         PyThreadState *tstate = find_tstate(rec->ident);
         if (tstate != NULL && xthread_get_trace(tstate) == landing_trace
             && xthread_set_trace(tstate, NULL, NULL) < 0) {
-            PyErr_WriteUnraisable((PyObject *)rec);
+            xthread_unraisable((PyObject *)rec);
         }
         Py_ssize_t n = rec->armed_objs != NULL
                        ? PyList_GET_SIZE(rec->armed_objs) : 0;
@@ -824,7 +824,7 @@ record_disarm_locked(xthread_state *state, recordobject *rec)
     else if (XTHREAD_LANDING == 2) {
         arm_request_done(state, rec);
         if (mon_disarm_codes(state, rec) < 0) {
-            PyErr_WriteUnraisable((PyObject *)rec);
+            xthread_unraisable((PyObject *)rec);
         }
         if (--state->mon_armed <= 0) {
             state->mon_armed = 0;
@@ -894,7 +894,7 @@ landing_on_py_start(PyObject *module, PyObject *const *args,
     }
     if (rec->armed && state->mon_tool >= 0
         && mon_arm_code(state, rec, args[0]) < 0) {
-        PyErr_WriteUnraisable((PyObject *)rec);
+        xthread_unraisable((PyObject *)rec);
     }
     ft_lock_release(&state->landing_lock);
     Py_DECREF(rec);

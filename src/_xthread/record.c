@@ -95,6 +95,50 @@ fork_safe_mutex(PyThread_type_lock *mutex, atomic_int *pid,
 
 // The lock that only a free-threaded build needs
 
+/* Unraisables met while the calling thread holds xthread_ft_locks (the
+ * landing lock, a record's lock) wait until it holds none: reporting
+ * runs Python code (sys.unraisablehook, which may wait), and other
+ * threads must not be kept out of the lock meanwhile. Per thread; the
+ * count of the locks held (with their recursion) starts again at zero in
+ * a forked child, and reports left waiting there are dropped. A report
+ * beyond the few that wait is made at once. */
+#define FT_DEFERRED_MAX 4
+typedef struct {
+    PyObject *type, *value, *tb, *obj;
+} ft_deferred_report;
+static _Thread_local int ft_held;
+static _Thread_local int ft_held_pid;
+static _Thread_local int ft_n_deferred;
+static _Thread_local ft_deferred_report ft_deferred[FT_DEFERRED_MAX];
+
+static int *
+ft_held_count(void)
+{
+    int now = current_pid();
+    if (ft_held_pid != now) {
+        ft_held_pid = now;
+        ft_held = 0;
+        ft_n_deferred = 0;
+    }
+    return &ft_held;
+}
+
+/* Reports what waited, in order, keeping any exception that is set. */
+static void
+report_deferred(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    for (int i = 0; i < ft_n_deferred; i++) {
+        ft_deferred_report d = ft_deferred[i];
+        PyErr_Restore(d.type, d.value, d.tb);
+        PyErr_WriteUnraisable(d.obj);
+        Py_XDECREF(d.obj);
+    }
+    ft_n_deferred = 0;
+    PyErr_Restore(type, value, tb);
+}
+
 void
 ft_lock_init(xthread_ft_lock *lock)
 {
@@ -124,6 +168,7 @@ ft_lock_acquire(xthread_ft_lock *lock)
     unsigned long me = PyThread_get_thread_ident();
     /* Only the holder stores its own ident, so reading it back is
      * reliable whatever other threads do meanwhile. */
+    *ft_held_count() += 1;
     if (atomic_load_explicit(&lock->owner, memory_order_relaxed) == me) {
         lock->depth++;
         return;
@@ -151,6 +196,23 @@ ft_lock_release(xthread_ft_lock *lock)
         atomic_store_explicit(&lock->owner, 0, memory_order_relaxed);
         xthread_mutex_unlock(&lock->mutex);
     }
+    int *held = ft_held_count();
+    if (*held > 0 && --*held == 0 && ft_n_deferred > 0) {
+        report_deferred();
+    }
+}
+
+void
+xthread_unraisable(PyObject *obj)
+{
+    if (!XTHREAD_FREE_THREADED || *ft_held_count() == 0
+        || ft_n_deferred == FT_DEFERRED_MAX) {
+        PyErr_WriteUnraisable(obj);
+        return;
+    }
+    ft_deferred_report *d = &ft_deferred[ft_n_deferred++];
+    PyErr_Fetch(&d->type, &d->value, &d->tb);
+    d->obj = Py_XNewRef(obj);
 }
 
 static void registry_drop_stale(void *reg);
@@ -336,7 +398,8 @@ registry_free(xthread_registry *reg)
  * first use, owned by its thread-state dict, and one made while that dict
  * was being cleared (by a __del__ run then, a threading.local value's) is
  * never freed; its entry would take deliveries meant for a later thread
- * with the same ident. GIL held (find_tstate). */
+ * with the same ident. GIL held (find_tstate); with the GIL off only
+ * the calling thread's own entry is checked so. */
 static reg_entry *
 registry_find_locked(xthread_registry *reg, unsigned long ident)
 {
@@ -350,6 +413,12 @@ registry_find_locked(xthread_registry *reg, unsigned long ident)
             }
         }
         if (found == NULL || found->tstate_id == 0) {
+            return found;
+        }
+        /* Another thread's state may be read only where the GIL keeps
+         * the list still (find_tstate); with it off, an entry is taken
+         * as it is: the stale ones above are a rare leftover. */
+        if (ident != PyThread_get_thread_ident() && !frames_readable()) {
             return found;
         }
         PyThreadState *t = find_tstate(ident);
@@ -399,7 +468,7 @@ record_new(xthread_state *state, unsigned long long generation)
     rec->armed = 0;
     rec->arm_requested = 0;
     rec->judging = 0;
-    rec->land_next = 0;
+    atomic_init(&rec->land_next, 0);
     rec->plain = 0;
     rec->armed_objs = NULL;
     rec->unguarded = 0;
@@ -496,13 +565,19 @@ us_or_none(long long us)
 static PyObject *
 record_get_sent_at(recordobject *rec, void *Py_UNUSED(closure))
 {
-    return us_or_none(rec->sent_at_us);
+    record_lock(rec);
+    long long us = rec->sent_at_us;
+    record_unlock(rec);
+    return us_or_none(us);
 }
 
 static PyObject *
 record_get_landed_at(recordobject *rec, void *Py_UNUSED(closure))
 {
-    return us_or_none(rec->landed_at_us);
+    record_lock(rec);
+    long long us = rec->landed_at_us;
+    record_unlock(rec);
+    return us_or_none(us);
 }
 
 static PyObject *
@@ -559,7 +634,10 @@ record_get_pending(recordobject *rec, void *Py_UNUSED(closure))
 static PyObject *
 record_get_unguarded(recordobject *rec, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(rec->unguarded);
+    record_lock(rec);
+    int unguarded = rec->unguarded;
+    record_unlock(rec);
+    return PyBool_FromLong(unguarded);
 }
 
 static PyGetSetDef record_getset[] = {
@@ -792,8 +870,11 @@ current_record(xthread_state *state)
 PyThreadState *
 find_tstate(unsigned long ident)
 {
-    PyInterpreterState *interp = PyThreadState_GetInterpreter(
-        PyThreadState_Get());
+    PyThreadState *me = PyThreadState_Get();
+    if (ident == PyThread_get_thread_ident()) {
+        return me;      /* its own: no walk of a list that others change */
+    }
+    PyInterpreterState *interp = PyThreadState_GetInterpreter(me);
     for (PyThreadState *t = PyInterpreterState_ThreadHead(interp);
          t != NULL; t = PyThreadState_Next(t)) {
         if (t->thread_id == ident) {

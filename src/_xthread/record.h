@@ -28,6 +28,11 @@ void ft_lock_acquire(xthread_ft_lock *lock);
 void ft_lock_release(xthread_ft_lock *lock);
 /* Whether the calling thread holds it (never, on a GIL build). */
 int ft_lock_held(xthread_ft_lock *lock);
+/* PyErr_WriteUnraisable(obj) for xthread's own failures: with the GIL
+ * off, while the calling thread holds one of these locks, the report
+ * waits until it has let go of the last (its hook runs Python code).
+ * Takes the exception that is set, as PyErr_WriteUnraisable does. */
+void xthread_unraisable(PyObject *obj);
 
 /* The record's lock (xthread.h, recordobject): taken by the thread and
  * by its senders around each read-decide-write of the delivery state.
@@ -75,7 +80,11 @@ PyThread_type_lock registry_mutex(xthread_registry *reg);
 void registry_link(xthread_registry *reg, reg_entry *e);
 void registry_unlink(reg_entry *e);
 void entry_init(reg_entry *e, unsigned long long generation);
-/* The interpreter's thread state with this ident, or NULL. */
+/* The interpreter's thread state with this ident, or NULL. Another
+ * thread's only where frames_readable() (landing.h): it walks the
+ * interpreter's list of thread states, which threads that start or end
+ * change under a reader when the GIL is off. The calling thread's own
+ * always. */
 PyThreadState *find_tstate(unsigned long ident);
 
 /* Records. An entry is used only under the registry's mutex (its thread

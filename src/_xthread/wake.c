@@ -4,6 +4,7 @@
  * wake.h. */
 #include "xthread.h"
 #include "deliver.h"
+#include "landing.h"
 #include "park.h"
 #include "record.h"
 #include "wake.h"
@@ -220,8 +221,9 @@ wake_thread(xthread_state *state, unsigned long ident, recordobject *rec)
         return 0;
     }
     int sig = wake_signal_ready();
-    if (sig == 0) {
-        return 0;
+    if (sig == 0 || (ident != PyThread_get_thread_ident()
+                     && !frames_readable())) {
+        return 0;       /* its call ends before it lands (README) */
     }
     PyThreadState *tstate = find_tstate(ident);
     if (tstate == NULL || tstate == PyThreadState_Get()

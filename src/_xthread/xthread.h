@@ -259,7 +259,9 @@ typedef struct recordobject {
     /* XTHREAD_SELF_ARM: the thread is to arm its own frames (set by a
      * sender, cleared by the thread; both under landing_lock). */
     atomic_int arm_requested;
-    int land_next;              /* raise at the next instruction it runs */
+    /* Raise at the next instruction it runs: set by the thread as it
+     * judges, cleared by whoever disarms (an atomic, no lock). */
+    atomic_int land_next;
     /* The outstanding exception was handed to the interpreter loop
      * (PyThreadState_SetAsyncExc), so withdrawing it must clear it there.
      * Not otherwise: on 3.11 clearing signals every thread's eval breaker,
