@@ -331,6 +331,17 @@ xthread_gc_call(const char *name)
 #  define XTHREAD_SHARED_GIL_SLOT
 #endif
 
+/* Py_mod_gil: 3.13+ (PEP 703). The free-threaded build keeps the GIL off
+ * when every extension imported says it needs none; one that does not
+ * say so turns it back on for the whole process. Every piece of shared
+ * state here has its own protection (docs/free-threading.md lists them),
+ * so _xthread says so. GIL builds ignore the slot. */
+#ifdef Py_mod_gil
+#  define XTHREAD_GIL_SLOT {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#else
+#  define XTHREAD_GIL_SLOT
+#endif
+
 /* Free-threaded builds (Py_GIL_DISABLED, 3.13+). What the GIL
  * serialises on a GIL build needs a lock of its own there: state whose
  * updates call C functions of the interpreter (sys.monitoring's), which
@@ -338,6 +349,41 @@ xthread_gc_call(const char *name)
  * xthread_mutex is CPython's PyMutex there (it parks detached, so a
  * thread waiting on it never holds up a stop-the-world), and nothing on a
  * GIL build, which pays no cost for it. */
+/* ThreadSanitizer cannot see into an uninstrumented CPython's PyMutex
+ * (atomics and futexes inside libpython): a TSan build of _xthread tells
+ * it of each lock and unlock, or every field the mutex guards would be
+ * reported as raced. Nothing in other builds. */
+#if defined(__SANITIZE_THREAD__)
+#  define XTHREAD_TSAN 1
+#elif defined(__has_feature)
+#  if __has_feature(thread_sanitizer)
+#    define XTHREAD_TSAN 1
+#  endif
+#endif
+#ifdef XTHREAD_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#  define XTHREAD_TSAN_ACQUIRE(addr) __tsan_acquire(addr)
+#  define XTHREAD_TSAN_RELEASE(addr) __tsan_release(addr)
+#else
+#  define XTHREAD_TSAN_ACQUIRE(addr) ((void)(addr))
+#  define XTHREAD_TSAN_RELEASE(addr) ((void)(addr))
+#endif
+
+/* PyThread_acquire_lock_timed, told to ThreadSanitizer: a wait with a
+ * timeout is a sem_clockwait there, which it does not intercept (the
+ * release, a sem_post, it does). */
+static inline PyLockStatus
+xthread_acquire_timed(PyThread_type_lock lock, PY_TIMEOUT_T timeout_us,
+                      int intr_flag)
+{
+    PyLockStatus r = PyThread_acquire_lock_timed(lock, timeout_us, intr_flag);
+    if (r == PY_LOCK_ACQUIRED) {
+        XTHREAD_TSAN_ACQUIRE(lock);
+    }
+    return r;
+}
+
 #ifdef Py_GIL_DISABLED
 #  define XTHREAD_FREE_THREADED 1
 typedef PyMutex xthread_mutex;
@@ -345,10 +391,12 @@ static inline void
 xthread_mutex_lock(xthread_mutex *m)
 {
     PyMutex_Lock(m);
+    XTHREAD_TSAN_ACQUIRE(m);
 }
 static inline void
 xthread_mutex_unlock(xthread_mutex *m)
 {
+    XTHREAD_TSAN_RELEASE(m);
     PyMutex_Unlock(m);
 }
 #else

@@ -79,7 +79,7 @@ static inline PyLockStatus
 sem_wait_for(PyThread_type_lock sem, atomic_int *posted, long long timeout_us,
              int intr_flag)
 {
-    PyLockStatus r = PyThread_acquire_lock_timed(sem, timeout_us, intr_flag);
+    PyLockStatus r = xthread_acquire_timed(sem, timeout_us, intr_flag);
     if (r == PY_LOCK_ACQUIRED) {
         atomic_store(posted, 0);
     }

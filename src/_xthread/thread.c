@@ -250,7 +250,7 @@ thread_run(void *arg)
      * GIL request, 3.14 blocks it there. Then this thread gives up, unless
      * the parent has published it after all (`phase` tells). From `ready`
      * on, the parent never touches the bootstate. */
-    while (PyThread_acquire_lock_timed(boot->ready, READY_POLL_US, 0)
+    while (xthread_acquire_timed(boot->ready, READY_POLL_US, 0)
            != PY_LOCK_ACQUIRED) {
         if (Py_IsFinalizing()
             && !(atomic_fetch_or(&boot->phase, BOOT_ABANDONED)
@@ -378,7 +378,7 @@ start_wait_running(PyThread_type_lock running)
     for (;;) {
         PyLockStatus r;
         Py_BEGIN_ALLOW_THREADS
-        r = PyThread_acquire_lock_timed(running, READY_POLL_US, 0);
+        r = xthread_acquire_timed(running, READY_POLL_US, 0);
         Py_END_ALLOW_THREADS
         if (r == PY_LOCK_ACQUIRED) {
             PyThread_free_lock(running);

@@ -57,7 +57,10 @@ typedef struct reg_entry {
      * (0 in a bootstate's entry, which leaves with its thread). */
     uint64_t tstate_id;
     unsigned long long generation;
-    struct recordobject *record;
+    /* Attached under the registry's mutex by whoever makes it (a sender,
+     * say), read without it by the entry's own thread: an atomic, so
+     * that the thread sees the record whole. */
+    _Atomic(struct recordobject *) record;
     int start_shield;
 } reg_entry;
 
