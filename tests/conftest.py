@@ -1,5 +1,7 @@
 """Shared pytest configuration. Plain helpers (timeouts, thread starters,
 the subprocess runner) live in ``helpers.py`` beside this file."""
+import os
+import sys
 import threading
 
 import pytest
@@ -8,10 +10,31 @@ import _xthread
 import xthread
 
 
+def _gil_enabled():
+    return getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
 def pytest_report_header(config):
     # Says which build is under test: an in-place build in the work tree
-    # would shadow the installed one.
-    return f"_xthread: {_xthread.__file__}"
+    # would shadow the installed one; and whether the GIL is on.
+    return [f"_xthread: {_xthread.__file__}",
+            f"GIL enabled: {_gil_enabled()}"]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # XTHREAD_EXPECT_GIL=0 (CI's free-threaded job): the whole run must
+    # have kept the GIL off. A module imported on the way that does not
+    # declare Py_mod_gil turns it on, and the run would test the GIL.
+    want = os.environ.get("XTHREAD_EXPECT_GIL")
+    if want is not None and _gil_enabled() != bool(int(want)):
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(
+                f"XTHREAD_EXPECT_GIL={want}, but the GIL is "
+                f"{'on' if _gil_enabled() else 'off'} at the end of the run",
+                red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

@@ -83,15 +83,8 @@ import pytest
 #: that holds the xthread package under test.
 POINT_AT_XTHREAD = """\
 import sys; sys.path.insert(0, {path!r})
-import asyncio, asyncio.threads, concurrent.futures, warnings
-with warnings.catch_warnings():
-    # Free-threaded builds: those tests start their interpreters isolated
-    # (-I), so PYTHON_GIL=1 does not reach them, and importing _xthread
-    # enables the GIL with a RuntimeWarning on stderr, which they take for
-    # a failure. The GIL build never warns.
-    warnings.filterwarnings("ignore", "The global interpreter lock",
-                            RuntimeWarning)
-    import xthread
+import asyncio, asyncio.threads, concurrent.futures
+import xthread
 concurrent.futures.ThreadPoolExecutor = xthread.ThreadPoolExecutor
 asyncio.to_thread = asyncio.threads.to_thread = xthread.to_thread
 """

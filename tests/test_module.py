@@ -5,8 +5,11 @@ import ast
 import gc
 import importlib.util
 import inspect
+import os
 import pathlib
+import subprocess
 import sys
+import sysconfig
 import threading
 
 import pytest
@@ -538,3 +541,16 @@ def test_no_reference_leaks_in_stops():
 def test_no_memory_block_leaks_in_stops():
     deltas = _growth(sys.getallocatedblocks, workload=_stops_workload)
     assert min(deltas) < 20, f"memory blocks gained per 20 runs: {deltas}"
+
+
+@pytest.mark.skipif(not sysconfig.get_config_var("Py_GIL_DISABLED"),
+                    reason="the free-threaded build only")
+def test_importing_xthread_keeps_the_gil_off():
+    # A module that does not declare Py_mod_gil turns the GIL on for the
+    # whole process, with a RuntimeWarning (an error under -W error).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c",
+         "import sys, xthread; print(sys._is_gil_enabled())"],
+        capture_output=True, text=True, timeout=JOIN_TIMEOUT, env=env)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "False"), proc.stderr

@@ -204,9 +204,8 @@ static PyModuleDef_Slot xthread_slots[] = {
      * has been tested under a per-interpreter GIL, so claim only support
      * for subinterpreters that share the main GIL (3.12+; compat.h). */
     XTHREAD_SHARED_GIL_SLOT
-    /* No Py_mod_gil slot: the module state (count) and bootstates are
-     * guarded by the GIL, not audited for free threading. The free-threaded
-     * build re-enables the GIL when this module is imported. */
+    /* Runs without the GIL on a free-threaded build (compat.h). */
+    XTHREAD_GIL_SLOT
     {0, NULL}
 };
 
