@@ -721,6 +721,35 @@ def test_killed_condition_wait_takes_the_lock_back_first(lock_cls, threads,
     cond.release()
 
 
+def test_exception_sent_as_the_lock_is_granted_lands_after_the_acquire():
+    # A thread in a killable wait is not armed when something is sent to
+    # it: the wait raises it. When the lock is granted first, the wait
+    # returns the lock, and the thread arms what was sent as it leaves:
+    # it lands next, where the `with` gives the lock back, never lost.
+    lock = xthread.Lock()
+    assert lock.acquire(timeout=JOIN_TIMEOUT)
+    caught = []
+
+    class Stop(Exception):
+        pass
+
+    def body():
+        try:
+            with lock:
+                while True:     # only the exception ends this
+                    pass
+        except Stop:
+            caught.append(lock.locked())
+
+    t = xthread.Thread(target=body)
+    t.start()
+    wait_parked(t)
+    lock.release()          # granted to the parked thread...
+    assert t.raise_exc(Stop())      # ...then sent, before it runs (GIL)
+    join_or_fail(t)
+    assert caught == [False]
+
+
 def test_killed_waiter_is_not_notified(threads):
     # A waiter killed out of Condition.wait is no longer counted: notify(1)
     # then wakes a live one.

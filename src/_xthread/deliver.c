@@ -368,9 +368,9 @@ set_async(unsigned long ident, PyObject *carrier)
 /* Hands `instance` to the thread of `rec` and stores it as outstanding:
  * armed where landing is needed, otherwise (or when it cannot be armed)
  * plain, through `carrier` (made here when NULL). A parked thread is
- * armed too (the caller unparks it): its wait raises the outstanding
+ * not armed (the caller unparks it): its wait raises the outstanding
  * exception, and if the wait ends otherwise (the lock was granted first)
- * the armed delivery lands next. Not plain: withdrawing a plain exception
+ * the thread arms it as it leaves (record_arm_deferred). Not plain: withdrawing a plain exception
  * that the wait raised itself would leave every thread's eval breaker
  * signalled on 3.11, which livelocks a traced frame at its RESUME.
  * Returns 1 if the thread took it, 0 if no thread has the ident, -1 with
@@ -389,6 +389,16 @@ record_send(xthread_state *state, recordobject *rec, PyObject *instance,
         rec->landed_at_us = 0;
         rec->unguarded = 0;
         rec->land_next = 0;
+        /* A thread in a killable wait raises it from the wait: no arming
+         * (each one switches sys.monitoring events on and off, and stops
+         * the world on a free-threaded build). If the wait ends otherwise,
+         * the thread arms it as it leaves (park_end); the count of parked
+         * threads is read after the store, and the thread reads
+         * `outstanding` after leaving the count, under this lock. */
+        rec->arm_deferred = record_parked(rec);
+        if (rec->arm_deferred) {
+            return 1;
+        }
         int armed = record_arm(state, rec);
         record_arm_settle(state, rec);
         if (armed > 0) {
@@ -422,6 +432,46 @@ record_send(xthread_state *state, recordobject *rec, PyObject *instance,
         rec->plain = 1;
     }
     return n;
+}
+
+void
+record_arm_deferred(recordobject *rec)
+{
+    record_lock(rec);
+    if (!rec->arm_deferred) {
+        record_unlock(rec);
+        return;
+    }
+    rec->arm_deferred = 0;
+    xthread_state *state = PyType_GetModuleState(Py_TYPE(rec));
+    if (rec->outstanding == NULL || state == NULL) {
+        record_unlock(rec);
+        return;
+    }
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    int armed = record_arm(state, rec);
+    record_arm_settle(state, rec);
+    if (armed < 0) {
+        xthread_unraisable(rec->outstanding);
+    }
+    if (armed <= 0 && rec->outstanding != NULL) {
+        /* Plain, as a sender falls back to: at its next check. */
+        record_disarm(rec);
+        PyObject *carrier = make_carrier(rec->outstanding, rec,
+                                         rec->outstanding_token);
+        int n = carrier != NULL ? set_async(rec->ident, carrier) : -1;
+        Py_XDECREF(carrier);
+        if (n < 0) {
+            xthread_unraisable(rec->outstanding);
+        }
+        else if (n == 1) {
+            rec->plain = 1;
+            rec->unguarded = XTHREAD_LANDING != 0;
+        }
+    }
+    PyErr_Restore(et, ev, tb);
+    record_unlock(rec);
 }
 
 /* Removes the queued deliveries meant for `scope`. GIL held, and the

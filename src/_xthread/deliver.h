@@ -29,6 +29,11 @@ void record_withdraw(recordobject *rec);
 /* In the target: raises its outstanding exception now (a killable wait
  * was interrupted, or an armed delivery lands). Always returns NULL. */
 PyObject *raise_outstanding(recordobject *rec);
+/* In the target, leaving a killable wait that did not raise (the lock
+ * was granted first, the wait timed out): arms what was sent to it
+ * during the wait and left unarmed (`arm_deferred`), or sends it plain
+ * where it cannot be armed. Keeps any exception that is set. */
+void record_arm_deferred(recordobject *rec);
 /* In the target: leaves one shield level; at the outermost raises what
  * was held back (-1 with it set). */
 int record_shield_exit(recordobject *rec);

@@ -30,6 +30,21 @@ park_once(recordobject *rec, long long timeout_us)
 }
 
 
+/* The end of a killable wait: the thread no longer counts as parked, and
+ * if the wait did not raise what was sent to it meanwhile, arms it to
+ * land next (see record_send). The count is left before `outstanding`
+ * is read (under the record's lock, in record_arm_deferred), so a sender
+ * either sees the thread parked and leaves the arming to it, or arms
+ * itself. */
+static void
+park_end(recordobject *rec, wait_status status)
+{
+    atomic_fetch_sub(&rec->parked, 1);
+    if (status != WAIT_INTERRUPTED) {
+        record_arm_deferred(rec);
+    }
+}
+
 /* Time left until `deadline_us` (0: none) as a park timeout. */
 static long long
 time_left(long long deadline_us)
@@ -328,7 +343,7 @@ lock_core_acquire(xthread_state *state, lock_core *core, long long timeout_us)
         }
     }
 done:
-    rec->parked--;
+    park_end(rec, status);
     Py_DECREF(rec);
     return status;
 }
@@ -362,7 +377,7 @@ park_for(xthread_state *state, long long timeout_us)
     if (status != WAIT_ERROR && record_has_outstanding(rec)) {
         status = WAIT_INTERRUPTED;
     }
-    rec->parked--;
+    park_end(rec, status);
     Py_DECREF(rec);
     return status;
 }

@@ -467,6 +467,7 @@ record_new(xthread_state *state, unsigned long long generation)
     rec->sent_at_us = rec->landed_at_us = 0;
     rec->armed = 0;
     rec->arm_requested = 0;
+    rec->arm_deferred = 0;
     rec->judging = 0;
     atomic_init(&rec->land_next, 0);
     rec->plain = 0;

@@ -262,6 +262,11 @@ typedef struct recordobject {
     /* XTHREAD_SELF_ARM: the thread is to arm its own frames (set by a
      * sender, cleared by the thread; both under landing_lock). */
     atomic_int arm_requested;
+    /* The outstanding delivery was sent to the thread in a killable wait
+     * and not armed: the wait raises it. If the wait ends otherwise (the
+     * lock was granted first), the thread arms it itself (park_end).
+     * Under the record's lock. */
+    int arm_deferred;
     /* Raise at the next instruction it runs: set by the thread as it
      * judges, cleared by whoever disarms (an atomic, no lock). */
     atomic_int land_next;
