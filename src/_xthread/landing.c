@@ -331,13 +331,29 @@ mon_acquire(xthread_state *state)
     return 0;
 }
 
+/* mon_counts is keyed by the code object's address: hashing a code
+ * object reads all of its bytecode, which another thread may be
+ * instrumenting meanwhile on a free-threaded build (ThreadSanitizer
+ * reported it), and costs a pass over the code each time. The code is
+ * alive while counted: rec->armed_objs holds it. */
+static PyObject *
+mon_key(PyObject *code)
+{
+    return PyLong_FromVoidPtr(code);
+}
+
 /* Enables instruction events on `code` for `rec` (counted: several
  * records may arm one code object). */
 static int
 mon_arm_code(xthread_state *state, recordobject *rec, PyObject *code)
 {
-    PyObject *n = PyDict_GetItemWithError(state->mon_counts, code);
+    PyObject *key = mon_key(code);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *n = PyDict_GetItemWithError(state->mon_counts, key);
     if (n == NULL && PyErr_Occurred()) {
+        Py_DECREF(key);
         return -1;
     }
     long count = n != NULL ? PyLong_AsLong(n) : 0;
@@ -347,16 +363,15 @@ mon_arm_code(xthread_state *state, recordobject *rec, PyObject *code)
                                           state->mon_tool, code,
                                           state->ev_instruction);
         if (r == NULL) {
+            Py_DECREF(key);
             return -1;
         }
         Py_DECREF(r);
     }
     PyObject *c = PyLong_FromLong(count + 1);
-    if (c == NULL) {
-        return -1;
-    }
-    int rc = PyDict_SetItem(state->mon_counts, code, c);
-    Py_DECREF(c);
+    int rc = c != NULL ? PyDict_SetItem(state->mon_counts, key, c) : -1;
+    Py_XDECREF(c);
+    Py_DECREF(key);
     if (rc < 0) {
         return -1;
     }
@@ -372,24 +387,29 @@ mon_disarm_codes(xthread_state *state, recordobject *rec)
                                            : 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *code = PyList_GET_ITEM(rec->armed_objs, i);
-        PyObject *v = PyDict_GetItemWithError(state->mon_counts, code);
+        PyObject *key = mon_key(code);
+        PyObject *v = key != NULL
+                      ? PyDict_GetItemWithError(state->mon_counts, key) : NULL;
         if (v == NULL) {
+            Py_XDECREF(key);
             PyErr_Clear();
             continue;
         }
         long count = PyLong_AsLong(v) - 1;
         if (count > 0) {
             PyObject *c = PyLong_FromLong(count);
-            if (c == NULL || PyDict_SetItem(state->mon_counts, code, c) < 0) {
+            if (c == NULL || PyDict_SetItem(state->mon_counts, key, c) < 0) {
                 rc = -1;
                 PyErr_Clear();
             }
             Py_XDECREF(c);
+            Py_DECREF(key);
             continue;
         }
-        if (PyDict_DelItem(state->mon_counts, code) < 0) {
+        if (PyDict_DelItem(state->mon_counts, key) < 0) {
             PyErr_Clear();
         }
+        Py_DECREF(key);
         if (state->mon_tool >= 0) {
             PyObject *r = PyObject_CallMethod(state->monitoring,
                                               "set_local_events", "iOi",
