@@ -435,6 +435,9 @@ def test_native_id_of_unknown_thread_or_generation():
         _xthread._native_id(-1)
 
 
+@pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(),
+                    reason="with the GIL off the new thread may run its "
+                    "function before the delivery: only the GIL keeps it out")
 def test_new_thread_reachable_at_once():
     """start_new_thread returns before the thread has run, even before it
     has a thread state: an exception sent through _deliver at once is held
