@@ -491,10 +491,10 @@ def test_plain_delivery_skips_cleanup_as_recorded(shape):
             f"handlers in {n} of {PLAIN_TRIALS} trials"
     fix = "Update _SKIPS, the README and XTHREAD_LANDING in compat.h"
     if expected == ALL and GIL_OFF:
-        # With the GIL off the sender does not wait for a switch: it can
-        # catch the worker on its way into the loop (at the call of range()
-        # inside the try), where the handlers run. Most trials still land
-        # in the loop itself.
+        # With the GIL off the sender does not wait for a switch, and the
+        # worker runs on meanwhile: where it lands varies more (19 of 20
+        # skipped once in CI, where 20 of 20 were recorded with the GIL;
+        # 40 of 40 at the loop's test in a later script run).
         assert n > 0, (
             f"{where}; recorded as always (most, with the GIL off). Has "
             f"CPython fixed it? {fix}")
