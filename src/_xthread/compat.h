@@ -342,13 +342,6 @@ xthread_gc_call(const char *name)
 #  define XTHREAD_GIL_SLOT
 #endif
 
-/* Free-threaded builds (Py_GIL_DISABLED, 3.13+). What the GIL
- * serialises on a GIL build needs a lock of its own there: state whose
- * updates call C functions of the interpreter (sys.monitoring's), which
- * run no bytecode and so never let another thread in under the GIL.
- * xthread_mutex is CPython's PyMutex there (it parks detached, so a
- * thread waiting on it never holds up a stop-the-world), and nothing on a
- * GIL build, which pays no cost for it. */
 /* ThreadSanitizer cannot see into an uninstrumented CPython's PyMutex
  * (atomics and futexes inside libpython): a TSan build of _xthread tells
  * it of each lock and unlock, or every field the mutex guards would be
@@ -384,6 +377,13 @@ xthread_acquire_timed(PyThread_type_lock lock, PY_TIMEOUT_T timeout_us,
     return r;
 }
 
+/* Free-threaded builds (Py_GIL_DISABLED, 3.13+). What the GIL
+ * serialises on a GIL build needs a lock of its own there: state whose
+ * updates call C functions of the interpreter (sys.monitoring's), which
+ * run no bytecode and so never let another thread in under the GIL.
+ * xthread_mutex is CPython's PyMutex there (it parks detached, so a
+ * thread waiting on it never holds up a stop-the-world), and nothing on a
+ * GIL build, which pays no cost for it. */
 #ifdef Py_GIL_DISABLED
 #  define XTHREAD_FREE_THREADED 1
 typedef PyMutex xthread_mutex;

@@ -370,8 +370,9 @@ set_async(unsigned long ident, PyObject *carrier)
  * plain, through `carrier` (made here when NULL). A parked thread is
  * not armed (the caller unparks it): its wait raises the outstanding
  * exception, and if the wait ends otherwise (the lock was granted first)
- * the thread arms it as it leaves (record_arm_deferred). Not plain: withdrawing a plain exception
- * that the wait raised itself would leave every thread's eval breaker
+ * the thread arms it as it leaves (record_arm_deferred). Not plain:
+ * withdrawing a plain exception that the wait raised itself would leave
+ * every thread's eval breaker
  * signalled on 3.11, which livelocks a traced frame at its RESUME.
  * Returns 1 if the thread took it, 0 if no thread has the ident, -1 with
  * an exception set. GIL held, and the record's lock. */
